@@ -1,0 +1,258 @@
+"""Protocol v1 between the Blender add-on and the backend: the job folder and the messages.
+
+Standard library only. The backend owns this file; build_addon.py vendors it (with the rest
+of the backend package) into the add-on zip, so both sides always speak the same version.
+docs/protocol.md describes the same thing for people.
+
+A job folder::
+
+    job.json            written by the add-on (or the command line): what to do
+    inputs/             the data named in job.json (mesh.ply, ...)
+    normalization.json  world -> unit box similarity, written by the backend
+    config.json         the resolved config the backend trained with
+    events.jsonl        every message the backend printed, one per line
+    backend.log         the backend's log (never on stdout)
+    checkpoints/        model.safetensors + model.json
+    outputs/            mesh.ply, ...
+    result.json         status, metrics, timings, device, versions
+
+Messages: the backend's stdout carries only messages, one JSON object a line, each with a
+``type``; ``done`` is always the last one. The add-on writes commands to the backend's
+stdin, one a line: ``cancel``. End of stdin also cancels: a backend never outlives Blender.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+TASKS = ("sdf",)
+
+JOB_FILE = "job.json"
+RESULT_FILE = "result.json"
+NORMALIZATION_FILE = "normalization.json"
+CONFIG_FILE = "config.json"
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "backend.log"
+INPUTS_DIR = "inputs"
+OUTPUTS_DIR = "outputs"
+CHECKPOINTS_DIR = "checkpoints"
+
+STATUSES = ("done", "failed", "cancelled")
+
+# Message type -> fields it must carry (others are allowed and passed through).
+MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "started": ("task", "device"),
+    "progress": ("step", "total", "loss", "elapsed", "eta"),
+    "preview": ("path",),
+    "warning": ("message",),
+    "error": ("message",),
+    "done": ("status",),
+}
+
+CANCEL_COMMAND = "cancel"
+
+
+class ProtocolError(ValueError):
+    """A job folder, job.json or message that does not follow this protocol.
+
+    The text is meant for a person: it says what is wrong and what to do about it.
+    """
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def make_message(type: str, **fields: Any) -> dict[str, Any]:
+    """A message dict, checked against MESSAGE_FIELDS."""
+    if type not in MESSAGE_FIELDS:
+        raise ProtocolError(f"unknown message type {type!r}; known: {', '.join(MESSAGE_FIELDS)}")
+    missing = [name for name in MESSAGE_FIELDS[type] if name not in fields]
+    if missing:
+        raise ProtocolError(f"message {type!r} lacks {', '.join(missing)}")
+    if type == "done" and fields["status"] not in STATUSES:
+        raise ProtocolError(f"done status must be one of {STATUSES}, got {fields['status']!r}")
+    return {"type": type, **fields}
+
+
+def encode_message(message: dict[str, Any]) -> str:
+    """One line of JSON (no newline inside), non-finite floats written as null."""
+    return json.dumps(_finite(message), separators=(",", ":"), allow_nan=False)
+
+
+def parse_message(line: str) -> dict[str, Any]:
+    """The message on one stdout line; ProtocolError for anything else."""
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not a protocol message (not JSON): {line[:200]!r}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError(f"not a protocol message (no 'type'): {line[:200]!r}")
+    fields = dict(message)
+    return make_message(fields.pop("type"), **fields)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(_finite(data), handle, indent=2, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise ProtocolError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON ({path}): {exc}") from None
+
+
+def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
+    """``folder / relative``, refusing absolute paths and paths that climb out of folder."""
+    if not isinstance(relative, str) or not relative:
+        raise ProtocolError(f"expected a relative path inside {folder}, got {relative!r}")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or ":" in relative:
+        raise ProtocolError(f"path {relative!r} must be relative to the job folder")
+    root = Path(folder).resolve()
+    target = (root / relative).resolve()
+    if root != target and root not in target.parents:
+        raise ProtocolError(f"path {relative!r} leaves the job folder")
+    return target
+
+
+# --------------------------------------------------------------------------- job.json
+
+
+def make_job(task: str, *, inputs: dict[str, str], config: dict[str, Any] | None = None,
+             outputs: dict[str, Any] | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job.json dict for ``task``; ``inputs`` maps input names to paths inside the job folder.
+
+    ``config`` holds the options the user chose (preset, network, resolution, device, ...);
+    the backend resolves everything else and writes the result to config.json.
+    ``source`` is free-form provenance (the Blender object's name, the mesh file).
+    """
+    job = {
+        "schema_version": SCHEMA_VERSION,
+        "task": task,
+        "inputs": dict(inputs),
+        "config": dict(config or {}),
+        "outputs": dict(outputs or {}),
+        "source": dict(source or {}),
+    }
+    validate_job(job)
+    return job
+
+
+def validate_job(job: Any) -> dict[str, Any]:
+    """Check a job.json dict; return it, or raise ProtocolError saying what to fix."""
+    if not isinstance(job, dict):
+        raise ProtocolError("job.json must hold a JSON object")
+    version = job.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError("job.json has no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise ProtocolError(
+            f"job.json has schema_version {version}, but this backend understands up to "
+            f"{SCHEMA_VERSION}: update the backend (or the add-on) so both are the same release")
+    if version < 1:
+        raise ProtocolError(f"job.json has an invalid schema_version {version}")
+    task = job.get("task")
+    if task not in TASKS:
+        raise ProtocolError(f"job.json task must be one of {', '.join(TASKS)}, got {task!r}")
+    for key in ("inputs", "config", "outputs"):
+        if not isinstance(job.get(key, {}), dict):
+            raise ProtocolError(f"job.json {key!r} must be a JSON object")
+    inputs = job.get("inputs", {})
+    if task == "sdf" and "mesh" not in inputs:
+        raise ProtocolError("an sdf job needs inputs.mesh (a mesh file inside the job folder)")
+    for name, value in inputs.items():
+        if not isinstance(value, str):
+            raise ProtocolError(f"job.json inputs.{name} must be a path string")
+    return job
+
+
+def write_job(job_dir: str | os.PathLike, job: dict[str, Any]) -> Path:
+    validate_job(job)
+    path = Path(job_dir) / JOB_FILE
+    write_json_atomic(path, job)
+    return path
+
+
+def read_job(job_dir: str | os.PathLike) -> dict[str, Any]:
+    job = validate_job(read_json(Path(job_dir) / JOB_FILE, "job.json"))
+    for value in job["inputs"].values():
+        resolve_inside(job_dir, value)
+    return job
+
+
+# --------------------------------------------------------------------------- result.json
+
+
+def read_result(job_dir: str | os.PathLike) -> dict[str, Any]:
+    result = read_json(Path(job_dir) / RESULT_FILE, "result.json")
+    if not isinstance(result, dict) or result.get("status") not in STATUSES:
+        raise ProtocolError(f"result.json in {job_dir} has no valid status")
+    return result
+
+
+def read_events(job_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The messages in events.jsonl (for an add-on that re-attaches to a job)."""
+    path = Path(job_dir) / EVENTS_FILE
+    if not path.exists():
+        return []
+    events = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                try:
+                    events.append(parse_message(line))
+                except ProtocolError:
+                    continue  # a line cut short by a crash: the rest still tells the story
+    return events
+
+
+# --------------------------------------------------------------------------- normalization.json
+
+
+def make_normalization(center: list[float], scale: float) -> dict[str, Any]:
+    """The similarity x_unit = (x_world - center) * scale, and its inverse, as 4x4 matrices."""
+    cx, cy, cz = (float(c) for c in center)
+    s = float(scale)
+    if not (math.isfinite(s) and s > 0 and all(math.isfinite(c) for c in (cx, cy, cz))):
+        raise ProtocolError(f"normalization needs a finite positive scale and centre, got {scale}, {center}")
+    world_to_unit = [[s, 0, 0, -s * cx], [0, s, 0, -s * cy], [0, 0, s, -s * cz], [0, 0, 0, 1]]
+    unit_to_world = [[1 / s, 0, 0, cx], [0, 1 / s, 0, cy], [0, 0, 1 / s, cz], [0, 0, 0, 1]]
+    return {"schema_version": SCHEMA_VERSION, "center": [cx, cy, cz], "scale": s,
+            "world_to_unit": world_to_unit, "unit_to_world": unit_to_world}
