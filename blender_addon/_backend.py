@@ -1,0 +1,22 @@
+"""Where the backend lives, seen from the add-on (no bpy).
+
+The installable zip carries a copy of the whole ``inr_backend`` package at
+``_vendor/inr_backend/`` (build_addon.py puts it there). The add-on imports the protocol and
+PLY modules from that copy, and starts the backend from it too (the child gets the ``_vendor``
+folder on its PYTHONPATH), so the add-on and the backend it talks to always come from the
+same release. In a source checkout there is no ``_vendor`` folder: the installed
+``inr_backend`` package is used instead and ``BACKEND_PYTHONPATH`` is None.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from ._vendor.inr_backend import plyio, protocol
+    BACKEND_PYTHONPATH: str | None = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
+except ImportError:  # a source checkout: the backend is installed next to the add-on
+    from inr_backend import plyio, protocol  # type: ignore[no-redef]
+    BACKEND_PYTHONPATH = None
+
+__all__ = ["protocol", "plyio", "BACKEND_PYTHONPATH"]
