@@ -1,0 +1,75 @@
+"""The 3D View sidebar tab "Neural Fields"."""
+
+from __future__ import annotations
+
+import json
+
+import bpy
+
+from . import conversion
+
+
+class NEURALFIELDS_PT_main(bpy.types.Panel):
+    bl_label = "Mesh to Neural SDF"
+    bl_idname = "NEURALFIELDS_PT_main"
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "Neural Fields"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.neural_fields
+        state = context.window_manager.neural_fields_state
+
+        column = layout.column()
+        column.use_property_split = True
+        column.use_property_decorate = False
+        column.enabled = not state.running
+        column.prop(settings, "preset")
+        column.prop(settings, "network")
+        column.prop(settings, "resolution")
+        column.prop(settings, "max_steps")
+        column.prop(settings, "seed")
+
+        if state.running:
+            box = layout.box()
+            box.label(text=f"Converting '{state.source_name}'", icon='TIME')
+            if hasattr(box, "progress"):
+                box.progress(factor=state.progress, type='BAR', text=state.status_text or "Working...")
+            else:
+                box.label(text=f"{state.progress * 100:.0f}%  {state.status_text}")
+            box.operator("neural_fields.cancel", icon='CANCEL')
+        else:
+            row = layout.row()
+            row.scale_y = 1.5
+            row.operator("neural_fields.mesh_to_sdf", icon='MESH_MONKEY')
+
+        if state.last_status:
+            box = layout.box()
+            icon = {'done': 'CHECKMARK', 'failed': 'ERROR', 'cancelled': 'CANCEL'}.get(state.last_status, 'INFO')
+            box.label(text=state.last_message or state.last_status.capitalize(), icon=icon)
+            result = None
+            if state.last_result_json:
+                try:
+                    result = json.loads(state.last_result_json)
+                except ValueError:
+                    result = None
+            grid = box.grid_flow(columns=2, even_columns=True)
+            for label, value in conversion.metrics_summary(result):
+                grid.label(text=label)
+                grid.label(text=value)
+            if state.last_job_dir:
+                box.operator("neural_fields.open_job_folder", icon='FILE_FOLDER')
+
+
+classes = (NEURALFIELDS_PT_main,)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
