@@ -7,6 +7,8 @@ tick, so Blender never freezes while the backend trains.
 
 from __future__ import annotations
 
+import time
+
 import bpy
 
 from . import conversion
@@ -40,9 +42,22 @@ def _show_progress(context, job: conversion.ConversionJob) -> None:
     state.status_text = job.status_text
     state.source_name = job.source_name
     workspace = getattr(context, "workspace", None)
-    if workspace is not None and not bpy.app.background:
+    if bpy.app.background:
+        _print_progress(job)
+    elif workspace is not None:
         workspace.status_text_set(f"Neural Fields: {job.source_name}: {job.status_text}  (Esc to cancel)")
     _redraw_sidebars(context)
+
+
+_last_print = [0.0, ""]
+
+
+def _print_progress(job: conversion.ConversionJob, interval: float = 2.0) -> None:
+    """Background mode has no status bar: print the progress, at most every ``interval`` s."""
+    now = time.monotonic()
+    if job.finished or (job.status_text != _last_print[1] and now - _last_print[0] >= interval):
+        _last_print[:] = [now, job.status_text]
+        print(f"Neural Fields: {job.source_name}: {job.status_text}", flush=True)
 
 
 def _clear_progress(context, job: conversion.ConversionJob, status: str, message: str) -> None:

@@ -92,6 +92,21 @@ def test_bad_inputs_fail_cleanly(addon_zip, tmp_path):
     assert results["earlier_still_there"]
 
 
+def test_unregister_stops_running_backends(addon_zip, tmp_path):
+    results = run_blender_script("unregister_stops.py", tmp_path, {
+        "zip": str(addon_zip), "jobs_dir": str(tmp_path / "jobs"),
+        "fake_wait": make_fake_python(tmp_path / "fakes", "wait")}, timeout=120)
+    assert results["alive_before"]
+    assert results["poll_while_running"] is False          # one conversion at a time
+    assert "already running" in results["second_error"]
+    assert results["enabled_after"] is False
+    assert results["returncode_after"] == 0                # it ended, and cleanly: it saw the cancel
+    assert results["result_status"] == "cancelled"
+    assert results["stop_seconds"] < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(results["pid"], 0)
+
+
 # --------------------------------------------------------------------------- training (slow)
 
 

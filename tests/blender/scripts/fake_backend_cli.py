@@ -4,6 +4,7 @@ A wrapper script (made by the test) runs ``python fake_backend_cli.py -m inr_bac
 with FAKE_MODE set:
   echo   the "reconstruction" is the input mesh itself: outputs/mesh.ply, result.json, done.
   crash  prints a little progress, logs, then dies with a traceback (no `done`).
+  wait   prints progress until `cancel` or end of stdin, then `done` cancelled.
 """
 
 import json
@@ -30,6 +31,25 @@ from inr_backend import plyio, protocol  # the vendored copy, through the runner
 job = protocol.read_job(job_dir)
 send("started", task=job["task"], device="fake")
 send("progress", phase="training", step=1, total=2, loss=0.5, elapsed=0.0, eta=0.1)
+if mode == "wait":  # trains "forever": only a cancel (or end of stdin) stops it
+    import threading
+    stop = threading.Event()
+
+    def watch():
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                break
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    step = 0
+    while not stop.wait(0.05):
+        step += 1
+        send("progress", phase="training", step=step, total=10**9, loss=1.0, elapsed=0.05 * step, eta=None)
+    protocol.write_json_atomic(os.path.join(job_dir, "result.json"),
+                               {"schema_version": 1, "status": "cancelled", "message": "cancelled"})
+    send("done", status="cancelled")
+    sys.exit(0)
 if mode == "crash":
     log("INFO fake backend: training step 1")
     log("ERROR fake backend: about to crash")

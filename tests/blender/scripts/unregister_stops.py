@@ -1,0 +1,37 @@
+"""Disabling the add-on while a backend runs ends the backend: no orphan processes."""
+
+import time
+
+import bpy
+
+import bl_common as common
+
+
+def main(args):
+    common.setup(args["zip"])
+    common.preferences().backend_python = args["fake_wait"]
+    common.preferences().jobs_dir = args["jobs_dir"]
+    conversion = common.addon_module("conversion")
+    job = conversion.start_conversion(bpy.context, bpy.data.objects["Cube"])
+    process = job.runner.process
+    deadline = time.monotonic() + 60
+    while job.runner.last_progress is None and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    alive_before = process.poll() is None
+    poll_while_running = bpy.ops.neural_fields.mesh_to_sdf.poll()
+    try:
+        bpy.ops.neural_fields.mesh_to_sdf()
+        second_error = None
+    except RuntimeError as exc:
+        second_error = str(exc)
+    started = time.monotonic()
+    common.teardown()  # the user unticks the add-on: unregister()
+    stop_seconds = time.monotonic() - started
+    return {"pid": process.pid, "alive_before": alive_before, "returncode_after": process.poll(),
+            "stop_seconds": stop_seconds, "poll_while_running": poll_while_running, "second_error": second_error,
+            "enabled_after": common.ADDON_MODULE in bpy.context.preferences.addons,
+            "result_status": conversion.jobs.read_status(job.job_dir)["status"]}
+
+
+common.run_main(main)
