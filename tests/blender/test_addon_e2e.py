@@ -170,3 +170,18 @@ def test_cancel_after_first_progress(addon_zip, tmp_path):
     assert results["cancel_seconds"] < 30
     assert results["state"]["last_status"] == "cancelled"
     assert results["messages"][-1] == "done"
+
+
+def test_panel_and_preferences_draw(addon_zip, tmp_path):
+    results = run_blender_script("panel_draw.py", tmp_path, {"zip": str(addon_zip)}, timeout=120)
+    idle = json.dumps(results["idle"])
+    assert "neural_fields.mesh_to_sdf" in idle and "progress" not in idle
+    running = results["running"]
+    bars = [call for call in running if call[0] == "progress"]
+    assert len(bars) == 1 and bars[0][2]["text"] == "Training: step 40/100"
+    assert abs(bars[0][2]["factor"] - 0.4) < 1e-6
+    assert "neural_fields.cancel" in json.dumps(running)
+    finished = json.dumps(results["finished"])
+    for words in ("Chamfer L1", "0.0012", "F-score", "1 min 15 s", "neural_fields.open_job_folder"):
+        assert words in finished, words
+    assert "backend_python" in json.dumps(results["preferences"])
