@@ -311,6 +311,13 @@ def run_conversion(context, obj, settings: ConversionSettings | None = None, tim
     return job.finish(context)
 
 
+def forget(job: ConversionJob) -> None:
+    """Drop a job nobody will finish() (its modal operator was ended by Blender): it no longer
+    blocks new conversions. Its backend was asked to cancel and ends by itself."""
+    if job in _ACTIVE:
+        _ACTIVE.remove(job)
+
+
 def stop_all_jobs(timeout: float = 5.0) -> None:
     """unregister(): end every backend the add-on started."""
     for job in list(_ACTIVE):

@@ -162,6 +162,11 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
         job = getattr(self, "_job", None)
         if job is not None:
             job.cancel()
+            conversion.forget(job)
+            _state(context).running = False
+            workspace = getattr(context, "workspace", None)
+            if workspace is not None:
+                workspace.status_text_set(None)
         timer = getattr(self, "_timer", None)
         if timer is not None:
             context.window_manager.event_timer_remove(timer)
