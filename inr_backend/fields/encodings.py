@@ -1,0 +1,145 @@
+"""Input encodings: coordinates (N, D) in [-1, 1]^D -> features (N, out_dim).
+
+Each encoding has a config dataclass; ``make_encoding(config, in_dim)`` builds it.
+
+- ``identity``: the coordinates themselves (for SIREN, which needs no encoding).
+- ``frequency``: NeRF's positional encoding, sin/cos at octave frequencies.
+- ``hashgrid``: instant-ngp's multiresolution hash encoding (Müller et al. 2022), in plain
+  PyTorch. Its gather/trilinear maths is in ``hash_grid_interpolate``, a pure function that a
+  fast kernel can replace and be tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class IdentityEncodingConfig:
+    kind: str = "identity"
+
+
+@dataclass
+class FrequencyEncodingConfig:
+    kind: str = "frequency"
+    n_frequencies: int = 8      # octaves: sin(2^k * pi * x), k = 0..n-1
+    include_input: bool = True
+
+
+@dataclass
+class HashGridConfig:
+    kind: str = "hashgrid"
+    n_levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+    init_scale: float = 1e-4
+
+
+class IdentityEncoding(nn.Module):
+    def __init__(self, config: IdentityEncodingConfig, in_dim: int):
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class FrequencyEncoding(nn.Module):
+    def __init__(self, config: FrequencyEncodingConfig, in_dim: int):
+        super().__init__()
+        self.include_input = config.include_input
+        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(config.n_frequencies), persistent=False)
+        self.out_dim = in_dim * (2 * config.n_frequencies + int(config.include_input))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, D) -> (N, D * (2F [+1]))."""
+        angles = (x[..., None] * self.frequencies).flatten(-2)  # (N, D*F)
+        parts = [x] if self.include_input else []
+        return torch.cat(parts + [torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+# Primes from instant-ngp's spatial hash (the first is 1 so neighbouring x stay coherent in memory).
+_HASH_PRIMES = (1, 2654435761, 805459861, 3674653429)
+
+
+def hash_grid_resolutions(config: HashGridConfig) -> list[int]:
+    """Per-level grid resolutions, a geometric series from base to finest."""
+    if config.n_levels == 1:
+        return [config.base_resolution]
+    growth = math.exp((math.log(config.finest_resolution) - math.log(config.base_resolution)) / (config.n_levels - 1))
+    return [int(math.floor(config.base_resolution * growth ** level)) for level in range(config.n_levels)]
+
+
+def hash_grid_interpolate(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor,
+                          dense: torch.Tensor) -> torch.Tensor:
+    """The multiresolution hash encoding, plain PyTorch (the reference for any fast kernel).
+
+    x:           (N, D) coordinates in [0, 1]^D, D = 2 or 3.
+    table:       (L, T, F) feature tables, T a power of two.
+    resolutions: (L,) int64 grid resolution of each level (cells per axis).
+    dense:       (L,) bool: the level's (res+1)^D vertices fit the table, so they are indexed
+                 directly instead of hashed (no collisions on coarse levels).
+    returns      (N, L*F) trilinearly (bilinearly) interpolated features, level-major.
+    """
+    n_points, dims = x.shape
+    n_levels, table_size, n_features = table.shape
+    scaled = x[:, None, :] * resolutions[None, :, None].to(x.dtype)           # (N, L, D)
+    corner0 = torch.floor(scaled)
+    frac = scaled - corner0                                                      # (N, L, D)
+    corner0 = corner0.long().clamp_(min=0)
+    corner0 = torch.minimum(corner0, resolutions[None, :, None] - 1)             # x == 1 stays in the last cell
+
+    offsets = torch.tensor([[(c >> d) & 1 for d in range(dims)] for c in range(2 ** dims)], device=x.device)
+    corners = corner0[:, :, None, :] + offsets[None, None]                       # (N, L, C, D)
+
+    # Dense index (row-major over res+1 vertices) on coarse levels, spatial hash on fine ones.
+    stride = (resolutions + 1)[None, :, None]
+    dense_index = corners[..., 0]
+    for axis in range(1, dims):
+        dense_index = dense_index + corners[..., axis] * stride ** axis
+    hashed = corners[..., 0] * _HASH_PRIMES[0]
+    for axis in range(1, dims):
+        hashed = hashed ^ (corners[..., axis] * _HASH_PRIMES[axis])
+    index = torch.where(dense[None, :, None], dense_index, hashed) & (table_size - 1)
+    index = index + (torch.arange(n_levels, device=x.device) * table_size)[None, :, None]
+
+    # Interpolation weights: product over axes of frac or (1 - frac).
+    weights = torch.where(offsets[None, None].bool(), frac[:, :, None, :], 1 - frac[:, :, None, :]).prod(-1)
+
+    features = table.reshape(n_levels * table_size, n_features)[index]           # (N, L, C, F)
+    return (features * weights[..., None]).sum(2).reshape(n_points, n_levels * n_features)
+
+
+class HashGridEncoding(nn.Module):
+    def __init__(self, config: HashGridConfig, in_dim: int):
+        super().__init__()
+        table_size = 2 ** config.log2_table_size
+        resolutions = hash_grid_resolutions(config)
+        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.long), persistent=False)
+        self.register_buffer("dense", torch.tensor([(r + 1) ** in_dim <= table_size for r in resolutions]),
+                             persistent=False)
+        table = torch.empty(config.n_levels, table_size, config.features_per_level)
+        self.table = nn.Parameter(table.uniform_(-config.init_scale, config.init_scale))
+        self.out_dim = config.n_levels * config.features_per_level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, D) in [-1, 1]^D -> (N, L*F)."""
+        unit = ((x + 1) * 0.5).clamp(0.0, 1.0)
+        return hash_grid_interpolate(unit, self.table, self.resolutions, self.dense)
+
+
+ENCODINGS = {
+    "identity": (IdentityEncodingConfig, IdentityEncoding),
+    "frequency": (FrequencyEncodingConfig, FrequencyEncoding),
+    "hashgrid": (HashGridConfig, HashGridEncoding),
+}
+
+
+def make_encoding(config, in_dim: int) -> nn.Module:
+    return ENCODINGS[config.kind][1](config, in_dim)
