@@ -1,0 +1,97 @@
+"""Benchmark: mesh -> neural SDF -> mesh, the whole conversion, per phase.
+
+    python bench/bench_sdf.py [MESH ...] [--preset quality] [--resolution 512] [--steps N] [--json out.json]
+
+Runs the real job (inr_backend.job.run_job) in this process after one small warm-up job
+(CUDA context, kernel caches), then prints a table of timings (sampling, training,
+extraction, metrics) and quality (Chamfer-L1, normal consistency, F-score, IoU) and writes
+them as JSON. Default mesh: armadillo from ../shared/data/meshes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from inr_backend import protocol  # noqa: E402
+from inr_backend.geometry.mesh import load_mesh  # noqa: E402
+from inr_backend.job import run_job  # noqa: E402
+from inr_backend.plyio import write_ply  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "meshes"
+
+
+def convert(mesh_path: Path, config: dict, work: Path) -> dict:
+    job_dir = work / mesh_path.stem
+    vertices, faces = load_mesh(mesh_path)
+    write_ply(job_dir / "inputs" / "mesh.ply", vertices, faces)
+    protocol.write_job(job_dir, protocol.make_job("sdf", inputs={"mesh": "inputs/mesh.ply"}, config=config))
+    started = time.perf_counter()
+    code = run_job(job_dir, stdout=io.StringIO(), install_signal_handlers=False)
+    wall = time.perf_counter() - started
+    result = protocol.read_result(job_dir)
+    if code != 0:
+        raise SystemExit(f"{mesh_path.name}: job failed: {result.get('error')}")
+    result["wall"] = wall
+    result["n_source_faces"] = int(len(faces))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("meshes", nargs="*", type=Path, default=[DATA / "armadillo.obj"])
+    parser.add_argument("--preset", default="quality")
+    parser.add_argument("--network", default="hashgrid")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "bench_sdf.json")
+    args = parser.parse_args()
+
+    config = {"preset": args.preset, "network": args.network, "resolution": args.resolution, "device": args.device}
+    if args.steps:
+        config["max_steps"] = args.steps
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = Path(tmp) / "warmup.ply"
+        import trimesh
+        sphere = trimesh.creation.icosphere(subdivisions=3)
+        write_ply(warm, sphere.vertices, sphere.faces)
+        convert(warm, {**config, "max_steps": 20, "resolution": 64}, Path(tmp))
+        for mesh in args.meshes:
+            result = convert(mesh, config, Path(tmp))
+            t, m = result["timings"], result["metrics"]
+            rows.append({"mesh": mesh.name, "faces": result["n_source_faces"], "device": result["device"],
+                         "sampling_s": t["sampling"], "training_s": t["training"], "extraction_s": t["extraction"],
+                         "conversion_s": t["sampling"] + t["training"] + t["extraction"],
+                         "metrics_s": t["metrics"], "total_s": t["total"],
+                         "chamfer_l1": m["chamfer_l1"], "normal_consistency": m["normal_consistency"],
+                         "f_score": m["f_score"], "iou": m.get("iou"), "out_faces": m["n_faces"]})
+
+    header = ["mesh", "faces", "sampling_s", "training_s", "extraction_s", "conversion_s", "chamfer_l1",
+              "normal_consistency", "f_score", "iou"]
+    print(" | ".join(header))
+    for row in rows:
+        print(" | ".join(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in header))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    import torch
+    report = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "config": config,
+              "device": rows[0]["device"] if rows else None, "torch": torch.__version__,
+              "python": platform.python_version(), "command": " ".join(sys.argv), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
