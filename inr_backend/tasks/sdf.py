@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -68,11 +69,11 @@ class SdfConfig:
     preset: str = "balanced"
     device: str = "auto"
     seed: int = 0
-    field: FieldConfig = field(default_factory=lambda: field_config_for("hashgrid"))
-    sampling: SdfSamplingConfig = field(default_factory=SdfSamplingConfig)
-    train: SdfTrainConfig = field(default_factory=SdfTrainConfig)
-    extract: SdfExtractConfig = field(default_factory=SdfExtractConfig)
-    metrics: SdfMetricsConfig = field(default_factory=SdfMetricsConfig)
+    field: FieldConfig = dataclasses.field(default_factory=lambda: field_config_for("hashgrid"))
+    sampling: SdfSamplingConfig = dataclasses.field(default_factory=SdfSamplingConfig)
+    train: SdfTrainConfig = dataclasses.field(default_factory=SdfTrainConfig)
+    extract: SdfExtractConfig = dataclasses.field(default_factory=SdfExtractConfig)
+    metrics: SdfMetricsConfig = dataclasses.field(default_factory=SdfMetricsConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
