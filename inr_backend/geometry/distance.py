@@ -4,10 +4,12 @@
     Collision Detection", 5.1.5), vectorized over pairs in torch.
   * ``unsigned_distance_reference``: brute force, the minimum over every triangle.
   * ``MeshDistance`` / ``unsigned_distance``: candidate triangles from a k-d tree over a dense
-    surface sampling (each sample labelled with its triangle), then the exact distance to each
-    candidate. The nearest surface point almost always lies on a triangle owning one of the k
-    samples nearest to the query, so the result is the exact distance for nearly every point;
-    when it is not, the error is below the sampling spacing (and the result never undershoots).
+    surface sampling (each sample labelled with its triangle), plus the triangles around the
+    nearest candidate, then the exact distance to each candidate. The result is the distance
+    to a real triangle, so it never undershoots; it is exact near the surface (all of ~10k
+    test points within 0.05 of it) and for >99% of points anywhere. When the true nearest
+    triangle is missed (far from the surface), the error is at most that triangle's centroid-
+    to-corner radius, since its centroid is a sample; in practice it is ~1e-4 of the unit box.
 """
 
 from __future__ import annotations
@@ -213,7 +215,10 @@ class MeshDistance:
         self.vertices, self.faces = vertices, faces
         samples, self.labels = surface_samples_with_labels(
             vertices, faces, samples_per_face=samples_per_face, min_samples=min_samples, seed=seed)
-        self.tree = cKDTree(samples)
+        # Sliding-midpoint splits (balanced_tree=False): with scipy's default median splits, a
+        # tree over surface samples answered queries far from the surface ~10x slower (23 s
+        # for 100k uniform points in the unit box around the 100k-face armadillo, 2 cores).
+        self.tree = cKDTree(samples, leafsize=16, balanced_tree=False, compact_nodes=False)
         # Faces around each vertex, as CSR: faces around vertex v are
         # vertex_faces[vertex_start[v]:vertex_start[v + 1]].
         corner_vertex = faces.reshape(-1)
