@@ -161,6 +161,7 @@ def test_fast_is_reusable_and_matches_float64(seed):
     assert w64.dtype == torch.float64 and w32.dtype == torch.float32
     torch.testing.assert_close(w32.double(), w64, atol=1e-4, rtol=0)
     assert fast(torch.zeros(0, 3)).shape == (0,)
+    assert torch.equal(winding_numbers(points, vertices, faces[:0]), torch.zeros(len(points), dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------- inside
