@@ -42,13 +42,13 @@ def sample_surface(vertices, faces, n: int, *, generator: torch.Generator | None
     """n area-uniform random points on the mesh surface.
 
     vertices (V, 3), faces (F, 3) (tensors or arrays) -> points (n, 3), unit normals (n, 3)
-    (from the face orientation), face_ids (n,) int64, on the vertices' device (CPU for arrays),
-    float64 for float64 vertices, else float32. Random numbers come from
-    ``generator`` on its own device, so a seeded CPU generator gives the same points
-    whatever device the mesh is on.
+    (from the face orientation), face_ids (n,) int64; on the vertices' device (CPU for arrays),
+    float64 for float64 vertices, else float32. Random numbers come from ``generator`` on its
+    own device, so a seeded CPU generator gives the same points whatever the mesh's device.
     """
-    device = vertices.device if torch.is_tensor(vertices) else torch.device("cpu")
-    dtype = torch.float64 if str(vertices.dtype) in ("float64", "torch.float64") else torch.float32
+    vertices = vertices if torch.is_tensor(vertices) else torch.as_tensor(np.asarray(vertices))
+    dtype = torch.float64 if vertices.dtype == torch.float64 else torch.float32
+    device = vertices.device
     triangles = mesh_triangles(vertices, faces, device=device, dtype=dtype)  # (F, 3, 3)
     a, b, c = triangles.unbind(dim=1)
     cross = torch.cross(b - a, c - a, dim=-1)
@@ -82,20 +82,19 @@ def sample_sdf(vertices, faces, *, n_surface: int, n_near: int, n_uniform: int,
       * n_uniform points uniform in [-bounds, bounds]^3 (the far field).
     Random numbers come from a CPU generator seeded with ``seed``: same samples on any device.
     """
-    device = torch.device(device) if device is not None else (
-        vertices.device if torch.is_tensor(vertices) else torch.device("cpu"))
-    mesh_vertices = torch.as_tensor(np.asarray(vertices) if not torch.is_tensor(vertices) else vertices)
-    mesh_vertices = mesh_vertices.to(device=device, dtype=torch.float32)
-    mesh_faces = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces).to(device)
+    vertices = vertices if torch.is_tensor(vertices) else torch.as_tensor(np.asarray(vertices))
+    faces = faces if torch.is_tensor(faces) else torch.as_tensor(np.asarray(faces))
+    device = torch.device(device) if device is not None else vertices.device
+    vertices, faces = vertices.to(device=device, dtype=torch.float32), faces.to(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
-    surface, _, _ = sample_surface(mesh_vertices, mesh_faces, n_surface, generator=generator)
-    near = _near_surface_points(mesh_vertices, mesh_faces, n_near, near_sigmas, generator)
+    surface, _, _ = sample_surface(vertices, faces, n_surface, generator=generator)
+    near = _near_surface_points(vertices, faces, n_near, near_sigmas, generator)
     uniform = ((torch.rand(n_uniform, 3, generator=generator) * 2.0 - 1.0) * bounds).to(device)
 
     off_surface = torch.cat([near, uniform])
-    distance = MeshDistance(mesh_vertices, mesh_faces)(off_surface, k=distance_k)
-    inside = FastWindingNumber(mesh_vertices, mesh_faces)(off_surface) > 0.5
+    distance = MeshDistance(vertices, faces)(off_surface, k=distance_k)
+    inside = FastWindingNumber(vertices, faces)(off_surface) > 0.5
     sdf = torch.where(inside, -distance, distance)
 
     points = torch.cat([surface, off_surface]).to(torch.float32)
