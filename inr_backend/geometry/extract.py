@@ -42,13 +42,14 @@ def query_grid(field, *, resolution: int, bounds: float = 1.0, chunk: int = 2**1
 
 
 def query_grid_narrow_band(field, *, resolution: int, bounds: float = 1.0, block: int = 8, margin: float = 2.0,
-                           chunk: int = 2**18, device=None) -> np.ndarray:
+                           chunk: int = 2**18, device=None, level: float = 0.0) -> np.ndarray:
     """Like ``query_grid`` for a signed distance field, evaluating the fine grid only near the surface.
 
     The grid's cells are cut into blocks of ``block``^3 cells. The field is evaluated at each
-    block's centre; a block whose centre value exceeds ``margin`` x its half-diagonal cannot
-    hold the zero level if the field is (close to) a distance, so its vertices are filled
-    with that centre value, which has the right sign, and are never evaluated. The remaining
+    block's centre; a block whose centre value is farther than ``margin`` x its half-diagonal
+    from ``level`` cannot hold that level if the field is (close to) a distance, so its
+    vertices are filled with that centre value, which is on the right side of the level, and
+    are never evaluated. The remaining
     blocks are evaluated in full. At 512^3 this queries roughly a tenth of the grid; the
     surface, and so the marching-cubes mesh, is the same as from ``query_grid`` (tested).
     """
@@ -69,7 +70,7 @@ def query_grid_narrow_band(field, *, resolution: int, bounds: float = 1.0, block
     with torch.no_grad():
         coarse = torch.cat([field(part).reshape(-1).float() for part in centres.split(chunk)])
     half_diagonal = 0.5 * np.sqrt(3.0) * block * spacing
-    active = (coarse.abs() <= margin * half_diagonal).nonzero().reshape(-1)
+    active = ((coarse - level).abs() <= margin * half_diagonal).nonzero().reshape(-1)
 
     # Fill every vertex with its block's centre value (blocks own vertices [start, start + block)).
     block_of = torch.clamp(torch.arange(resolution, device=device) // block, max=n_blocks - 1)
@@ -131,9 +132,8 @@ def extract_mesh(field, *, resolution: int, bounds: float = 1.0, level: float = 
     (``query_grid_narrow_band``); False evaluates every grid vertex (any field).
     """
     if narrow_band and resolution >= 64:
-        volume = query_grid_narrow_band(field, resolution=resolution, bounds=bounds, chunk=chunk, device=device)
-        if level != 0.0:
-            raise ValueError("narrow-band extraction finds the zero level only; pass narrow_band=False")
+        volume = query_grid_narrow_band(field, resolution=resolution, bounds=bounds, chunk=chunk, device=device,
+                                        level=level)
     else:
         volume = query_grid(field, resolution=resolution, bounds=bounds, chunk=chunk, device=device)
     return marching_cubes(volume, level=level, bounds=bounds)

@@ -44,9 +44,10 @@ def test_query_grid_runs_without_gradients():
     assert seen and not any(seen)
 
 
-def test_marching_cubes_of_a_sphere_has_the_right_area_volume_and_orientation():
+@pytest.mark.parametrize("narrow_band", [False, True])
+def test_marching_cubes_of_a_sphere_has_the_right_area_volume_and_orientation(narrow_band):
     radius = 0.5
-    vertices, faces = extract_mesh(lambda p: p.norm(dim=-1) - radius, resolution=128)
+    vertices, faces = extract_mesh(lambda p: p.norm(dim=-1) - radius, resolution=128, narrow_band=narrow_band)
     assert vertices.dtype == np.float64 and faces.dtype == np.int64
     area, volume = area_and_volume(vertices, faces)
     assert area == pytest.approx(4 * math.pi * radius**2, rel=0.01)
@@ -64,8 +65,9 @@ def test_marching_cubes_positions_are_in_unit_box_coordinates():
     assert area_and_volume(vertices, faces)[1] > 0
 
 
-def test_marching_cubes_level_selects_the_offset_surface():
-    vertices, _ = extract_mesh(lambda p: p.norm(dim=-1) - 0.5, resolution=64, level=0.1)
+@pytest.mark.parametrize("narrow_band", [False, True])
+def test_marching_cubes_level_selects_the_offset_surface(narrow_band):
+    vertices, _ = extract_mesh(lambda p: p.norm(dim=-1) - 0.5, resolution=64, level=0.1, narrow_band=narrow_band)
     np.testing.assert_allclose(np.linalg.norm(vertices, axis=1), 0.6, atol=3e-3)
 
 
