@@ -178,8 +178,8 @@ def place_camera(bpy, scene, center_x: float) -> None:
     scene.camera = camera
     camera.data.lens = 50
     camera.data.sensor_fit = 'HORIZONTAL'
-    camera.location = (center_x, -8.5, 1.2)
-    camera.rotation_euler = (math.radians(84), 0.0, 0.0)
+    camera.location = (center_x, -9.5, 0.7)
+    camera.rotation_euler = (math.radians(86), 0.0, 0.0)
 
 
 if __name__ == "__main__":
