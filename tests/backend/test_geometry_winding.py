@@ -137,10 +137,10 @@ def test_fast_agrees_with_reference(shape, seed):
     else:  # a random triangle soup: no structure at all
         vertices = rng.uniform(-0.8, 0.8, size=(600, 3))
         faces = rng.integers(600, size=(2000, 3))
-    points = points_around(vertices, faces, 1000, 1000, rng).float()
+    points = points_around(vertices, faces, 700, 700, rng).float()
     fast = winding_numbers(points, vertices, faces)
     reference = winding_numbers_reference(points, vertices, faces)
-    assert fast.dtype == torch.float32 and fast.shape == (2000,)
+    assert fast.dtype == torch.float32 and fast.shape == (1400,)
     difference = (fast.double() - reference).abs()
     assert difference.max() < 0.04, f"max |fast - reference| = {difference.max():.4f}"
     assert difference.mean() < 0.01, f"mean |fast - reference| = {difference.mean():.5f}"
@@ -157,7 +157,7 @@ def test_fast_is_reusable_and_matches_float64(seed):
     fast = FastWindingNumber(torch.from_numpy(vertices).float(), torch.from_numpy(faces))
     points = points_around(vertices, faces, 500, 500, rng)
     w64 = fast(points)  # float64 points: clusters built in float64
-    w32 = fast(points.float(), chunk=97)  # float32, odd chunks
+    w32 = fast(points.float(), chunk=397)  # float32, odd chunks
     assert w64.dtype == torch.float64 and w32.dtype == torch.float32
     torch.testing.assert_close(w32.double(), w64, atol=1e-4, rtol=0)
     assert fast(torch.zeros(0, 3)).shape == (0,)
