@@ -78,7 +78,49 @@ def hash_grid_resolutions(config: HashGridConfig) -> list[int]:
 
 def hash_grid_interpolate(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor,
                           dense: torch.Tensor) -> torch.Tensor:
-    """The multiresolution hash encoding, plain PyTorch (the reference for any fast kernel).
+    """The multiresolution hash encoding; same contract as ``hash_grid_interpolate_reference``.
+
+    Faster (about 2x on a CPU) because each axis contributes only its two candidate index
+    terms and weights, (N, L, 2) each, combined over the 2^D corners by broadcasting, instead
+    of (N, L, 2^D, D) tensors; and index_select's backward is cheaper than advanced indexing's.
+    """
+    n_points, dims = x.shape
+    n_levels, table_size, n_features = table.shape
+    scaled = x[:, None, :] * resolutions[None, :, None].to(x.dtype)           # (N, L, D)
+    corner0 = torch.floor(scaled)
+    frac = scaled - corner0
+    corner0 = torch.minimum(corner0.long().clamp_(min=0), resolutions[None, :, None] - 1)
+    corner = torch.stack([corner0, corner0 + 1], dim=-1)                         # (N, L, D, 2)
+    weight = torch.stack([1 - frac, frac], dim=-1)                               # (N, L, D, 2)
+
+    stride = (resolutions + 1)[None, :, None]
+    dense_index = hashed = None
+    total_weight = None
+    for axis in range(dims):
+        shape = [n_points, n_levels] + [1] * dims
+        shape[2 + axis] = 2                                                      # broadcast over the corners
+        c = corner[:, :, axis].reshape(shape)
+        w = weight[:, :, axis].reshape(shape)
+        d = c * stride.reshape([1, n_levels] + [1] * dims) ** axis
+        h = c * _HASH_PRIMES[axis]
+        dense_index = d if dense_index is None else dense_index + d
+        hashed = h if hashed is None else hashed ^ h
+        total_weight = w if total_weight is None else total_weight * w
+    is_dense = dense.reshape([1, n_levels] + [1] * dims)
+    index = torch.where(is_dense, dense_index, hashed) & (table_size - 1)
+    index = index + (torch.arange(n_levels, device=x.device) * table_size).reshape([1, n_levels] + [1] * dims)
+    features = table.reshape(n_levels * table_size, n_features).index_select(0, index.reshape(-1))
+    features = features.reshape(n_points, n_levels, 2 ** dims, n_features)
+    weights = total_weight.reshape(n_points, n_levels, 2 ** dims, 1)
+    return (features * weights).sum(2).reshape(n_points, n_levels * n_features)
+
+
+def hash_grid_interpolate_reference(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor,
+                          dense: torch.Tensor) -> torch.Tensor:
+    """The multiresolution hash encoding, written the obvious way: the reference.
+
+    ``hash_grid_interpolate`` computes the same with fewer and smaller temporaries; tests
+    compare the two on random inputs.
 
     x:           (N, D) coordinates in [0, 1]^D, D = 2 or 3.
     table:       (L, T, F) feature tables, T a power of two.

@@ -120,3 +120,22 @@ def test_checkpoint_round_trip_is_exact_and_is_safetensors(tmp_path):
     header_length = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + header_length])  # safetensors: a JSON header, then raw tensors
     assert "encoding.table" in header
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_hash_grid_matches_the_reference_values_and_gradients(seed):
+    from inr_backend.fields.encodings import hash_grid_interpolate_reference
+    grid = small_grid(log2_table_size=10, n_levels=5, base=3, finest=200)  # dense and hashed levels
+    assert bool(grid.dense[0]) and not bool(grid.dense[-1])
+    torch.manual_seed(seed)
+    x = torch.rand(3000, 3)
+    x[:10] = torch.tensor([0.0, 1.0, 0.5])  # the box's faces, where the last cell is clamped
+    outputs, grads = [], []
+    for fn in (hash_grid_interpolate, hash_grid_interpolate_reference):
+        grid.table.grad = None
+        out = fn(x, grid.table, grid.resolutions, grid.dense)
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        outputs.append(out.detach())
+        grads.append(grid.table.grad.clone())
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
