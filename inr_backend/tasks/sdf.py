@@ -190,7 +190,7 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
         if on_step is not None:
             on_step(step, config.steps, loss)
         loss_value = loss
-    return {"steps": config.steps, "loss": float(loss_value)}
+    return {"steps": config.steps, "loss": float(loss_value.detach()) if torch.is_tensor(loss_value) else loss_value}
 
 
 def run_sdf_job(ctx) -> dict:
