@@ -256,7 +256,7 @@ def _sphere(subdivisions=3):
 @pytest.mark.skipif(_backend_ready() is not None, reason=str(_backend_ready()))
 def test_real_backend_happy_path(tmp_path):
     vertices, faces = _sphere()
-    config = jobs.make_config(preset="fast", resolution=64, device="cpu", max_steps=150)
+    config = jobs.make_config(preset="fast", resolution=48, device="cpu", max_steps=100)
     job_dir = jobs.create_job(tmp_path / "jobs", vertices, faces, config=config, source={"object": "Sphere"})
     backend = runner.BackendRunner().start(PYTHON, job_dir)
     messages = []

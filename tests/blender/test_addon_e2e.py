@@ -147,16 +147,16 @@ def test_mesh_to_sdf_end_to_end(addon_zip, tmp_path):
     floor = chamfer_l1(source_v, source_f, source_v, source_f) / diagonal
     print(f"Chamfer-L1 / bbox diagonal: result {error:.5f}, sampling floor {floor:.5f}; "
           f"{len(new_f)} triangles; conversion {results['seconds']:.1f} s")
-    # Threshold: 0.5% of the bounding-box diagonal. The sampling floor (the source against
-    # itself, 50k samples a side) is ~0.19%; one marching-cubes cell at resolution 128 is
-    # ~0.6% of Suzanne's diagonal (the backend's unit box is [-1, 1] with the longest side
-    # spanning [-0.9, 0.9]), and marching cubes on a good field errs by a fraction of a cell.
-    # Measured here: ~0.25% after 400 CPU steps. A transform bug (local vs world coordinates,
-    # the normalization not undone) is off by tens of percent; an undertrained or mis-signed
-    # field (spurious sheets, holes) lands above 1%.
-    assert error < 0.005, error
-    # The backend's own metric (same definition, 100k samples, local coordinates) agrees.
-    assert results["result"]["metrics"]["chamfer_l1"] < 0.005
+    # Threshold: 0.6% of the bounding-box diagonal, i.e. on average within one marching-cubes
+    # cell of the source: a cell at resolution 128 is ~0.6% of Suzanne's diagonal (the
+    # backend's unit box is [-1, 1], the longest side spanning [-0.9, 0.9]). The sampling
+    # floor (the source against itself, 50k samples a side) is ~0.19%; measured here after
+    # 400 CPU steps: 0.25-0.35% depending on the backend revision. A transform bug (local vs
+    # world coordinates, the normalization not undone) is off by tens of percent; an
+    # undertrained or mis-signed field (spurious sheets, big holes) lands above 1%.
+    assert error < 0.006, error
+    # The backend's own metric (same definition, more samples, local coordinates) agrees.
+    assert results["result"]["metrics"]["chamfer_l1"] < 0.006
     # Sitting on top of the source: the bounding boxes agree to a few cells.
     np.testing.assert_allclose(new_v.min(0), source_v.min(0), atol=0.03 * diagonal)
     np.testing.assert_allclose(new_v.max(0), source_v.max(0), atol=0.03 * diagonal)
