@@ -52,7 +52,7 @@ def _show_progress(context, job: conversion.ConversionJob) -> None:
 _last_print = [0.0, ""]
 
 
-def _print_progress(job: conversion.ConversionJob, interval: float = 2.0) -> None:
+def _print_progress(job: conversion.ConversionJob, interval: float = 5.0) -> None:
     """Background mode has no status bar: print the progress, at most every ``interval`` s."""
     now = time.monotonic()
     if job.finished or (job.status_text != _last_print[1] and now - _last_print[0] >= interval):
