@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--network", default="hashgrid")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "bench_sdf.json")
     args = parser.parse_args()
@@ -61,6 +62,8 @@ def main() -> None:
     config = {"preset": args.preset, "network": args.network, "resolution": args.resolution, "device": args.device}
     if args.steps:
         config["max_steps"] = args.steps
+    if args.batch_size:
+        config["batch_size"] = args.batch_size
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         warm = Path(tmp) / "warmup.ply"

@@ -49,6 +49,7 @@ class SdfTrainConfig:
     # 6 extra forward passes on a small batch, work for every encoding (a fused kernel needs
     # no double backward), and smooth the hash grid's piecewise-linear gradients.
     eikonal_step: float = 2.0 / 512
+    cuda_graph: bool = True            # on CUDA, replay each step as one CUDA graph (see train_sdf)
 
 
 @dataclass
@@ -156,41 +157,91 @@ def eikonal_loss(sdf_fn, points: torch.Tensor, step: float) -> torch.Tensor:
 
 
 def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: SdfTrainConfig, *,
-              seed: int, on_step=None, check_cancel=None) -> dict:
+              seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None) -> dict:
     """Fit ``model`` to (points (N, 3), sdf (N,)) samples; returns {"steps", "loss"}.
 
     on_step(step, total, loss) is called after every step (the caller decides how often
     to report); check_cancel() raises to stop between steps.
+
+    cuda_graph (default: config.cuda_graph on a CUDA device) replays the whole step
+    (forward, backward, Adam) as one CUDA graph: a hash-grid step is hundreds of small
+    kernels, so on a GPU the launch overhead, not the arithmetic, bounds the step time. The
+    eager step is the reference; both draw the same random batches and do the same maths.
     """
     device = points.device
+    graphed = (config.cuda_graph if cuda_graph is None else cuda_graph) and device.type == "cuda"
     generator = torch.Generator(device=device).manual_seed(seed)
     is_hashgrid = config.learning_rate >= 1e-3
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
-                                 betas=(0.9, 0.99), eps=1e-15 if is_hashgrid else 1e-8)
+    # A tensor learning rate lets a captured graph see the schedule's updates.
+    learning_rate = torch.tensor(config.learning_rate, device=device) if graphed else config.learning_rate
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.99),
+                                 eps=1e-15 if is_hashgrid else 1e-8, capturable=graphed)
     decay = config.final_lr_fraction ** (1 / max(config.steps, 1))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
     n_eikonal = max(1, int(config.batch_size * config.eikonal_batch_fraction))
     sdf_fn = lambda p: model(p)["sdf"]  # noqa: E731
 
-    loss_value = math.nan
-    for step in range(1, config.steps + 1):
-        if check_cancel is not None:
-            check_cancel()
-        index = torch.randint(len(points), (config.batch_size,), device=device, generator=generator)
-        prediction = sdf_fn(points[index])
-        loss = (prediction - sdf[index]).abs().mean()
-        if config.eikonal_weight > 0:
-            # Eikonal points: uniform in the box, where the supervised samples are sparse.
-            free = torch.rand((n_eikonal, 3), device=device, generator=generator) * 2 - 1
-            loss = loss + config.eikonal_weight * eikonal_loss(sdf_fn, free, config.eikonal_step)
+    # The batch lives in fixed buffers, refilled before every step (a graph reads fixed addresses).
+    index = torch.empty(config.batch_size, dtype=torch.long, device=device)
+    free = torch.empty(n_eikonal, 3, device=device)
+
+    def draw_batch() -> None:
+        torch.randint(len(points), (config.batch_size,), device=device, generator=generator, out=index)
+        # Eikonal points: uniform in the box, where the supervised samples are sparse.
+        free.uniform_(-1.0, 1.0, generator=generator)
+
+    def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
+        loss = (sdf_fn(points[index]) - sdf[index]).abs().mean()
+        if config.eikonal_weight > 0:
+            loss = loss + config.eikonal_weight * eikonal_loss(sdf_fn, free, config.eikonal_step)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        return loss
+
+    run_step = step
+    warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
+    side_stream = torch.cuda.Stream(device) if graphed else None
+    loss = torch.tensor(math.nan)
+    for step_number in range(1, config.steps + 1):
+        if check_cancel is not None:
+            check_cancel()
+        for group in optimizer.param_groups:
+            rate = config.learning_rate * decay ** (step_number - 1)
+            if graphed:
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+        draw_batch()
+        if graphed and step_number <= warmup:
+            # Warm-up steps run eagerly on a side stream, as CUDA graph capture requires.
+            side_stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side_stream):
+                loss = step()
+            torch.cuda.current_stream(device).wait_stream(side_stream)
+        elif graphed and run_step is step:
+            run_step = _capture_step(step)
+            loss = run_step()
+        else:
+            loss = run_step()
         if on_step is not None:
-            on_step(step, config.steps, loss)
-        loss_value = loss
-    return {"steps": config.steps, "loss": float(loss_value.detach()) if torch.is_tensor(loss_value) else loss_value}
+            on_step(step_number, config.steps, loss)
+    return {"steps": config.steps, "loss": float(loss.detach())}
+
+
+_CUDA_GRAPH_WARMUP_STEPS = 3
+
+
+def _capture_step(step):
+    """Record ``step`` as a CUDA graph; returns a function that replays it and gives its loss."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return static_loss
+
+    return replay  # capture only records: the caller replays it for this step too
 
 
 def run_sdf_job(ctx) -> dict:
