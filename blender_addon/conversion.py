@@ -232,7 +232,11 @@ class ConversionJob:
     # ------------------------------------------------------------- the end
 
     def failure_text(self) -> str:
-        text = self.runner.error_message or "The backend failed without saying why."
+        self.runner.wait_exit(timeout=2.0)  # a failing backend may still be writing its traceback
+        text = self.runner.error_message
+        if not text:  # a `done` failed with no `error`: the log may still say what is missing
+            text = (runner.missing_module_hint(self.runner.python, runner.log_tail_text(self.job_dir))
+                    or "The backend failed without saying why.")
         if "last lines of" not in text:
             tail = runner.log_tail_text(self.job_dir, count=8)
             text += f"\nJob folder: {self.job_dir}" if str(self.job_dir) not in text else ""

@@ -190,14 +190,9 @@ class BackendRunner:
             how = f"exited with code {returncode}"
         text = f"The backend {how} without finishing the job."
         tail = log_tail_text(self.job_dir) if self.job_dir else ""
-        missing = _missing_module(tail)
-        if missing == "inr_backend":
-            text = (f"The backend Python ({self.python}) cannot find the inr_backend package. Reinstall the "
-                    f"Neural Fields add-on, or choose a Python that has inr_backend installed. {PREFERENCES_HINT}")
-        elif missing:
-            text = (f"The backend Python ({self.python}) cannot import '{missing}'. Install the backend's "
-                    f"requirements into it (torch, numpy, scikit-image, trimesh, safetensors, scipy) or choose a "
-                    f"Python that has them. {PREFERENCES_HINT}")
+        hint = missing_module_hint(self.python, tail)
+        if hint:
+            text = hint
         elif last_error is not None:
             text += f" Its last error: {last_error.get('message')}"
         text += f"\nJob folder: {self.job_dir}"
@@ -265,6 +260,15 @@ class BackendRunner:
     @property
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, timeout: float = 2.0) -> int | None:
+        """Wait (briefly) for the child to exit after ``done``, so its logs are complete."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def cancel(self) -> None:
         """Ask the backend to stop; returns at once. ``done`` (cancelled) follows in poll()."""
@@ -365,6 +369,19 @@ def stop_all(timeout: float = 5.0) -> int:
     for runner in runners:
         runner.stop(timeout=max(0.0, deadline - time.monotonic()))
     return len(runners)
+
+
+def missing_module_hint(python: str | None, log_text: str) -> str | None:
+    """An actionable message when the log shows the backend Python lacks a package, else None."""
+    missing = _missing_module(log_text)
+    if missing == "inr_backend":
+        return (f"The backend Python ({python}) cannot find the inr_backend package. Reinstall the "
+                f"Neural Fields add-on, or choose a Python that has inr_backend installed. {PREFERENCES_HINT}")
+    if missing:
+        return (f"The backend Python ({python}) cannot import '{missing}'. Install the backend's "
+                f"requirements into it (torch, numpy, scikit-image, trimesh, safetensors, scipy) or choose a "
+                f"Python that has them. {PREFERENCES_HINT}")
+    return None
 
 
 def _missing_module(text: str) -> str | None:

@@ -43,6 +43,13 @@ def python_without_torch(tmp_path: Path) -> str:
     return str(folder / "bin" / "python")
 
 
+def bare_python(tmp_path: Path) -> str:
+    """A fresh venv with nothing installed (no numpy, no torch)."""
+    folder = tmp_path / "bare-venv"
+    venv.create(folder, with_pip=False)
+    return str(folder / "bin" / "python")
+
+
 # --------------------------------------------------------------------------- failures (fast)
 
 
@@ -51,7 +58,7 @@ def test_bad_inputs_fail_cleanly(addon_zip, tmp_path):
     results = run_blender_script("bad_input.py", tmp_path, {
         "zip": str(addon_zip), "jobs_dir": str(tmp_path / "jobs"),
         "fake_echo": make_fake_python(fakes, "echo"), "fake_crash": make_fake_python(fakes, "crash"),
-        "no_torch_python": python_without_torch(tmp_path)}, timeout=180)
+        "no_torch_python": python_without_torch(tmp_path), "bare_python": bare_python(tmp_path)}, timeout=180)
 
     # Poll: the button explains why it is disabled.
     assert results["poll_nothing"]["poll"] is False
@@ -74,6 +81,7 @@ def test_bad_inputs_fail_cleanly(addon_zip, tmp_path):
         "coincident": "'coincident' has zero surface area",
         "collinear": "'collinear' has zero surface area",
         "no_torch": "cannot import torch",
+        "bare_python": "cannot import 'numpy'. Install the backend's requirements into it",
         "crash": "fake backend crashed on purpose",
         "missing_python": "Backend Python not found: /nonexistent/python3. "
                           "Set it in Edit > Preferences > Add-ons > Neural Fields.",
@@ -84,7 +92,7 @@ def test_bad_inputs_fail_cleanly(addon_zip, tmp_path):
         assert outcome["scene_unchanged"], label
         assert "Cube_sdf" in outcome["objects_after"], label
         assert outcome["state"]["running"] is False
-    for label in ("no_torch", "crash", "missing_python"):
+    for label in ("no_torch", "bare_python", "crash", "missing_python"):
         assert results[label]["state"]["last_status"] == "failed", label
     # The crash report quotes the log tail and names the job folder, so the artist can look.
     assert "about to crash" in results["crash"]["error"]

@@ -74,6 +74,9 @@ def main(args):
     # A Python without torch.
     prefs.backend_python = args["no_torch_python"]
     attempt("no_torch", results)
+    # A bare Python: not even numpy (the backend cannot say why itself; the add-on reads the log).
+    prefs.backend_python = args["bare_python"]
+    attempt("bare_python", results)
     # A backend that crashes.
     prefs.backend_python = args["fake_crash"]
     attempt("crash", results)
