@@ -90,8 +90,8 @@ def _preset(name: str) -> SdfConfig:
                          sampling=SdfSamplingConfig(2 ** 15, 2 ** 16, 2 ** 15),
                          train=SdfTrainConfig(steps=600, batch_size=2 ** 13),
                          metrics=SdfMetricsConfig(50_000, 2 ** 16))
-    if name == "balanced":
-        return SdfConfig(preset=name)
+    if name == "balanced":  # armadillo at 512^3 on an H200: ~11 s, IoU 0.995 (README's table)
+        return SdfConfig(preset=name, train=SdfTrainConfig(steps=2000, batch_size=2 ** 17))
     if name == "quality":
         return SdfConfig(preset=name,
                          sampling=SdfSamplingConfig(2 ** 19, 2 ** 20, 2 ** 18),
@@ -172,10 +172,13 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
     graphed = (config.cuda_graph if cuda_graph is None else cuda_graph) and device.type == "cuda"
     generator = torch.Generator(device=device).manual_seed(seed)
     is_hashgrid = config.learning_rate >= 1e-3
-    # A tensor learning rate lets a captured graph see the schedule's updates.
-    learning_rate = torch.tensor(config.learning_rate, device=device) if graphed else config.learning_rate
+    # On CUDA, Adam keeps its state and learning rate in tensors (capturable), with or without
+    # the graph, so the eager step is an exact reference for the graphed one; a tensor
+    # learning rate lets a captured graph see the schedule's updates.
+    on_cuda = device.type == "cuda"
+    learning_rate = torch.tensor(config.learning_rate, device=device) if on_cuda else config.learning_rate
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.99),
-                                 eps=1e-15 if is_hashgrid else 1e-8, capturable=graphed)
+                                 eps=1e-15 if is_hashgrid else 1e-8, capturable=on_cuda)
     decay = config.final_lr_fraction ** (1 / max(config.steps, 1))
     n_eikonal = max(1, int(config.batch_size * config.eikonal_batch_fraction))
     sdf_fn = lambda p: model(p)["sdf"]  # noqa: E731
@@ -207,7 +210,7 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
             check_cancel()
         for group in optimizer.param_groups:
             rate = config.learning_rate * decay ** (step_number - 1)
-            if graphed:
+            if on_cuda:
                 group["lr"].fill_(rate)
             else:
                 group["lr"] = rate

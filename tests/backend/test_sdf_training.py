@@ -37,17 +37,21 @@ def test_training_learns_a_sphere_on_the_cpu():
 def test_cuda_graph_step_matches_the_eager_step(seed):
     points, sdf = sphere_samples(50000, "cuda")
     config = SdfTrainConfig(steps=25, batch_size=4096, learning_rate=1e-2)
+    probe = torch.rand(5000, 3, device="cuda", generator=torch.Generator("cuda").manual_seed(9)) * 2 - 1
     outputs, losses = [], []
-    for graphed in (False, True):
+    for graphed in (False, False, True):
         torch.manual_seed(seed)
         model = make_sdf_field(small_field_config()).cuda()
         trace = []
         train_sdf(model, points, sdf, config, seed=seed, cuda_graph=graphed,
                   on_step=lambda step, total, loss: trace.append(float(loss)))
         losses.append(torch.tensor(trace))
-        probe = torch.rand(5000, 3, device="cuda", generator=torch.Generator("cuda").manual_seed(9)) * 2 - 1
         with torch.no_grad():
             outputs.append(model(probe)["sdf"])
-    # Same batches, same maths; only the order of atomic gradient sums may differ.
-    torch.testing.assert_close(losses[1], losses[0], rtol=2e-3, atol=1e-4)
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=2e-3)
+    # Same batches, same maths. Two eager runs already differ a little (the hash table's
+    # gradient is summed with atomics in any order, and Adam's tiny eps magnifies that), so
+    # the graph must stay within a few times that floor of the eager run.
+    floor = (outputs[1] - outputs[0]).abs().mean().item()
+    gap = (outputs[2] - outputs[0]).abs().mean().item()
+    assert gap <= 3 * floor + 1e-5, f"mean |graph - eager| {gap:.2e}, mean |eager - eager| {floor:.2e}"
+    torch.testing.assert_close(losses[2], losses[0], rtol=2e-3, atol=1e-4)
