@@ -283,14 +283,13 @@ def _device_name(device) -> str:
 
 def _user_message(exc: Exception) -> str:
     """The text of an error for a person: expected errors as they are, the rest with a pointer."""
-    from .plyio import PlyError
-    known: tuple[type, ...] = (protocol.ProtocolError, PlyError, EnvironmentError, ValueError)
-    try:
-        from .geometry.mesh import MeshError
-        known += (MeshError,)
-    except ImportError:
-        pass
-    if isinstance(exc, known):
+    # PlyError and MeshError are ValueErrors, so no import is needed here: this runs when
+    # an import (numpy, torch) has just failed and must not fail the same way.
+    if isinstance(exc, ModuleNotFoundError):
+        return (f"the backend Python ({sys.executable}) lacks the module {exc.name!r}: install the backend's "
+                "needs into it (torch, numpy, scikit-image, trimesh, safetensors, scipy), or choose another "
+                "Python in the add-on preferences")
+    if isinstance(exc, (protocol.ProtocolError, EnvironmentError, ValueError)):
         return str(exc)
     if type(exc).__name__ == "OutOfMemoryError":
         return ("the GPU ran out of memory: choose the 'fast' preset, a lower resolution, or the CPU device "
