@@ -211,12 +211,4 @@ class NEURALFIELDS_OT_open_job_folder(bpy.types.Operator):
 
 classes = (NEURALFIELDS_OT_mesh_to_sdf, NEURALFIELDS_OT_cancel, NEURALFIELDS_OT_open_job_folder)
 
-
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

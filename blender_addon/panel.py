@@ -64,12 +64,4 @@ class NEURALFIELDS_PT_main(bpy.types.Panel):
 
 classes = (NEURALFIELDS_PT_main,)
 
-
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

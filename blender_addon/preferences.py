@@ -24,7 +24,7 @@ class NeuralFieldsPreferences(bpy.types.AddonPreferences):
         items=[
             ('auto', "Auto", "CUDA when the backend Python sees a GPU, the CPU otherwise"),
             ('cpu', "CPU", "Always the CPU (slow, but works everywhere)"),
-            ('cuda', "CUDA", "An NVIDIA GPU (fails when none is available)"),
+            ('cuda', "CUDA", "An NVIDIA GPU (the CPU, with a warning, when the backend sees none)"),
         ],
         default='auto',
     )
@@ -50,12 +50,4 @@ class NeuralFieldsPreferences(bpy.types.AddonPreferences):
 
 classes = (NeuralFieldsPreferences,)
 
-
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

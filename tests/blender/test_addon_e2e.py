@@ -81,7 +81,7 @@ def test_bad_inputs_fail_cleanly(addon_zip, tmp_path):
         "coincident": "'coincident' has zero surface area",
         "collinear": "'collinear' has zero surface area",
         "no_torch": "cannot import torch",
-        "bare_python": "cannot import 'numpy'. Install the backend's requirements into it",
+        "bare_python": "cannot import torch (No module named 'torch'). Install PyTorch into it",
         "crash": "fake backend crashed on purpose",
         "missing_python": "Backend Python not found: /nonexistent/python3. "
                           "Set it in Edit > Preferences > Add-ons > Neural Fields.",
