@@ -144,7 +144,7 @@ class JobContext:
         rate = (step - self._first_step) / max(now - self._training_started, 1e-9)
         eta = (total - step) / rate if rate > 0 else None
         self.reporter.send("progress", phase=self.current_phase, step=step, total=total,
-                           loss=float(loss), elapsed=self.elapsed(), eta=None if eta is None else round(eta, 2))
+                           loss=float(loss.detach()) if hasattr(loss, "detach") else float(loss), elapsed=self.elapsed(), eta=None if eta is None else round(eta, 2))
 
     def heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(0.25):

@@ -83,9 +83,12 @@ class SdfConfig:
 def _preset(name: str) -> SdfConfig:
     if name == "fast":       # about a minute on 2 CPU cores for a 16k-triangle mesh; seconds on a GPU
         # A 2^17 table: Adam's dense update of a 2^19 table alone costs ~0.08 s a step on 2 CPU cores.
+        # 12 levels up to 256: in 600 steps finer levels stay undertrained and show as bumps
+        # (subdivided Suzanne at 256^3: normal consistency 0.962 -> 0.979, Chamfer 0.0026 -> 0.0022).
         field_config = field_config_for("hashgrid")
         field_config.encoding.log2_table_size = 17
-        field_config.encoding.finest_resolution = 1024
+        field_config.encoding.n_levels = 12
+        field_config.encoding.finest_resolution = 256
         return SdfConfig(preset=name, field=field_config,
                          sampling=SdfSamplingConfig(2 ** 15, 2 ** 16, 2 ** 15),
                          train=SdfTrainConfig(steps=600, batch_size=2 ** 13),
