@@ -77,11 +77,13 @@ def main() -> None:
             rows.append({"mesh": mesh.name, "faces": result["n_source_faces"], "device": result["device"],
                          "sampling_s": t["sampling"], "training_s": t["training"], "extraction_s": t["extraction"],
                          "conversion_s": t["sampling"] + t["training"] + t["extraction"],
+                         "grid_query_s": t.get("grid_query"), "marching_cubes_s": t.get("marching_cubes"),
                          "metrics_s": t["metrics"], "total_s": t["total"],
                          "chamfer_l1": m["chamfer_l1"], "normal_consistency": m["normal_consistency"],
                          "f_score": m["f_score"], "iou": m.get("iou"), "out_faces": m["n_faces"]})
 
-    header = ["mesh", "faces", "sampling_s", "training_s", "extraction_s", "conversion_s", "chamfer_l1",
+    header = ["mesh", "faces", "sampling_s", "training_s", "extraction_s", "grid_query_s", "marching_cubes_s",
+              "conversion_s", "chamfer_l1",
               "normal_consistency", "f_score", "iou"]
     print(" | ".join(header))
     for row in rows:
