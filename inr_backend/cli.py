@@ -108,7 +108,9 @@ class _HumanReadable:
     def write(self, text: str) -> None:
         for line in text.splitlines():
             if line.strip():
-                self.target.write(_describe(protocol.parse_message(line)) + "\n")
+                message = protocol.parse_message(line)
+                if not message.get("heartbeat"):  # a heartbeat only says "still here": no news for a person
+                    self.target.write(_describe(message) + "\n")
 
     def flush(self) -> None:
         self.target.flush()
