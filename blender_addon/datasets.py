@@ -1,0 +1,350 @@
+"""transforms.json datasets, seen from the add-on (no bpy): read and write cameras + image paths.
+
+One reader for the three common flavours, one writer whose output all three load:
+
+- NeRF-synthetic: top-level ``camera_angle_x`` only; the image size comes from the image
+  files (file paths without an extension mean ``.png``, as the original loaders assume).
+- instant-ngp: ``fl_x fl_y cx cy w h`` (or ``camera_angle_x/_y``), distortion ``k1 k2 p1 p2``
+  (+ ``k3 k4``), ``aabb_scale``, ``scale``, ``offset``; per-frame intrinsics allowed.
+- nerfstudio: ``fl_x fl_y cx cy w h camera_model k1..`` top level, any of them overridable
+  per frame.
+
+``frames[].transform_matrix`` is the 4x4 OpenGL camera-to-world (x right, y up, looking down
+-z), which is exactly a Blender camera's ``matrix_world``. Frames keep it as written: the
+instant-ngp ``scale`` and ``offset`` (instant-ngp maps a camera position ``p`` to
+``p * scale + offset`` inside its own unit cube, default 0.33 and (0.5, 0.5, 0.5), and cycles
+the axes) describe instant-ngp's internal box, not the scene, so they are kept in
+``Dataset.meta`` untouched and written back as they were; nerfstudio ignores them too.
+
+Intrinsics use the convention of ``cameras.Intrinsics``: pixels, image y down, pixel ``i``
+covering ``[i, i+1)``, so a symmetric image has ``cx = w/2``.
+
+Every ``file_path`` must stay inside the dataset's folder: absolute paths and ``..`` that
+climb out are refused (``DatasetError``), so a downloaded dataset cannot point the add-on at
+arbitrary files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterable
+
+import numpy as np
+
+from .cameras import Intrinsics
+
+INTRINSIC_KEYS = ("camera_angle_x", "camera_angle_y", "fl_x", "fl_y", "cx", "cy", "w", "h")
+DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+FRAME_KEYS = ("file_path", "transform_matrix") + INTRINSIC_KEYS + DISTORTION_KEYS + ("camera_model",)
+DEFAULT_CAMERA_MODEL = "OPENCV"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr")
+
+
+class DatasetError(ValueError):
+    """A transforms.json that cannot be used; the text names the file (and frame) and says why."""
+
+
+@dataclass
+class Frame:
+    """One camera of a dataset.
+
+    ``file_path``: when read, the image's absolute path (inside the dataset folder; with
+    ``.png`` etc. added when the JSON gives none, as NeRF-synthetic does), ``name`` being the
+    string as written; when
+    written, a path relative to the dataset folder (written as given) or an absolute path
+    inside it. ``c2w``: 4x4 float64 OpenGL camera-to-world (= Blender ``matrix_world``).
+    ``distortion``: any of k1 k2 k3 k4 p1 p2 (OpenCV model), kept, not applied.
+    ``extra``: other per-frame keys (``rotation``, ``time``, ...), kept and written back.
+    """
+
+    file_path: Path | str
+    c2w: np.ndarray
+    intrinsics: Intrinsics | None = None
+    distortion: dict[str, float] = field(default_factory=dict)
+    camera_model: str = DEFAULT_CAMERA_MODEL
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    """A read transforms.json: its folder, its frames, and its other top-level keys (``meta``:
+    aabb_scale, scale, offset, applied_transform, ... exactly as written)."""
+
+    root: Path
+    frames: list[Frame]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def confined_path(root: Path, file_path: str, where: str = "") -> Path:
+    """``root / file_path`` normalized, or DatasetError if it is absolute or climbs out of root."""
+    label = f"{where}: " if where else ""
+    if not isinstance(file_path, str) or not file_path.strip():
+        raise DatasetError(f"{label}file_path must be a non-empty string, got {file_path!r}")
+    if (PurePosixPath(file_path).is_absolute() or PureWindowsPath(file_path).is_absolute()
+            or PureWindowsPath(file_path).drive):
+        raise DatasetError(f"{label}file_path {file_path!r} is absolute; a dataset's images must be given "
+                           f"relative to its folder ({root})")
+    normal = os.path.normpath(file_path.replace("\\", "/"))
+    if normal == ".." or normal.startswith("../") or normal.startswith("/"):
+        raise DatasetError(f"{label}file_path {file_path!r} points outside the dataset folder ({root}); "
+                           "keep the images inside it")
+    return Path(root).absolute() / normal
+
+
+def image_path(path: Path) -> Path:
+    """The image file a file_path names: as is, or with .png (etc.) added when it has no extension."""
+    if path.exists() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return path
+    for suffix in IMAGE_SUFFIXES:
+        candidate = path.with_name(path.name + suffix)
+        if candidate.exists():
+            return candidate
+    return path.with_name(path.name + ".png")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image: PNG headers directly, anything else through Pillow if present."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except OSError as exc:
+        raise DatasetError(f"cannot read image {path} to learn its size ({exc.strerror}); "
+                           "give w and h in transforms.json or add the image") from None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DatasetError(f"{path} is not a PNG and Pillow is not installed, so its size is unknown: "
+                           "give w and h in transforms.json (or install Pillow)") from None
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
+        raise DatasetError(f"cannot read the size of {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DatasetError(f"{where}: {key} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise DatasetError(f"{where}: {key} is {value}")
+    return value
+
+
+def _size(value: Any, key: str, where: str) -> int:
+    number = _number(value, key, where)
+    if number <= 0 or number != int(number):
+        raise DatasetError(f"{where}: {key} must be a positive whole number of pixels, got {value!r}")
+    return int(number)
+
+
+def _matrix(value: Any, where: str) -> np.ndarray:
+    try:
+        matrix = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: transform_matrix is not a matrix of numbers") from None
+    if matrix.shape == (3, 4):
+        matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
+    if matrix.shape != (4, 4):
+        raise DatasetError(f"{where}: transform_matrix is {matrix.shape}, expected 4x4")
+    if not np.all(np.isfinite(matrix)):
+        raise DatasetError(f"{where}: transform_matrix has NaN or infinite values")
+    return matrix
+
+
+def _intrinsics(values: dict[str, Any], path: Path, where: str) -> Intrinsics:
+    if "w" in values and "h" in values:
+        w, h = _size(values["w"], "w", where), _size(values["h"], "h", where)
+    else:
+        try:
+            w, h = image_size(image_path(path))
+        except DatasetError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        if "w" in values:
+            w = _size(values["w"], "w", where)
+        if "h" in values:
+            h = _size(values["h"], "h", where)
+    if "fl_x" in values:
+        fl_x = _number(values["fl_x"], "fl_x", where)
+    elif "camera_angle_x" in values:
+        fl_x = 0.5 * w / math.tan(0.5 * _number(values["camera_angle_x"], "camera_angle_x", where))
+    else:
+        raise DatasetError(f"{where}: no focal length (needs fl_x or camera_angle_x, at the top level or in the frame)")
+    if "fl_y" in values:
+        fl_y = _number(values["fl_y"], "fl_y", where)
+    elif "camera_angle_y" in values:
+        fl_y = 0.5 * h / math.tan(0.5 * _number(values["camera_angle_y"], "camera_angle_y", where))
+    else:
+        fl_y = fl_x
+    if not (fl_x > 0 and fl_y > 0):
+        raise DatasetError(f"{where}: focal lengths must be positive, got fl_x={fl_x}, fl_y={fl_y}")
+    cx = _number(values["cx"], "cx", where) if "cx" in values else 0.5 * w
+    cy = _number(values["cy"], "cy", where) if "cy" in values else 0.5 * h
+    return Intrinsics(fl_x=fl_x, fl_y=fl_y, cx=cx, cy=cy, w=w, h=h)
+
+
+def read_dataset(path: str | os.PathLike) -> Dataset:
+    """Read a transforms.json of any of the three flavours; DatasetError says what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object with 'frames'")
+    frames_data = data.get("frames")
+    if not isinstance(frames_data, list) or not frames_data:
+        raise DatasetError(f"{path}: no 'frames' list (or it is empty)")
+    root = path.absolute().parent
+    top = {key: data[key] for key in INTRINSIC_KEYS + DISTORTION_KEYS + ("camera_model",) if key in data}
+    meta = {key: value for key, value in data.items() if key not in top and key != "frames"}
+
+    frames = []
+    for index, item in enumerate(frames_data):
+        where = f"{path.name}, frame {index}"
+        if not isinstance(item, dict):
+            raise DatasetError(f"{where}: expected an object, got {type(item).__name__}")
+        for key in ("file_path", "transform_matrix"):
+            if key not in item:
+                raise DatasetError(f"{where}: missing '{key}'")
+        name = item["file_path"]
+        where = f"{path.name}, frame {index} ({name!r})"
+        file_path = image_path(confined_path(root, name, where))
+        c2w = _matrix(item["transform_matrix"], where)
+        values = {**top, **{key: item[key] for key in INTRINSIC_KEYS + DISTORTION_KEYS + ("camera_model",)
+                            if key in item}}
+        intrinsics = _intrinsics(values, file_path, where)
+        distortion = {key: _number(values[key], key, where) for key in DISTORTION_KEYS if key in values}
+        camera_model = str(values.get("camera_model", DEFAULT_CAMERA_MODEL))
+        extra = {key: value for key, value in item.items() if key not in FRAME_KEYS}
+        frames.append(Frame(file_path=file_path, c2w=c2w, intrinsics=intrinsics, distortion=distortion,
+                            camera_model=camera_model, name=name, extra=extra))
+    return Dataset(root=root, frames=frames, meta=meta)
+
+
+def read_transforms(path: str | os.PathLike) -> list[Frame]:
+    """The frames of a transforms.json (see ``read_dataset`` for its other keys)."""
+    return read_dataset(path).frames
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _intrinsics_dict(intr: Intrinsics, with_angles: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if with_angles:
+        out["camera_angle_x"] = intr.camera_angle_x
+        out["camera_angle_y"] = intr.camera_angle_y
+    out.update(fl_x=float(intr.fl_x), fl_y=float(intr.fl_y), cx=float(intr.cx), cy=float(intr.cy),
+               w=int(intr.w), h=int(intr.h))
+    return out
+
+
+def _relative_name(root: Path, file_path: Path | str, where: str) -> str:
+    if isinstance(file_path, Path) and file_path.is_absolute() or (
+            isinstance(file_path, str) and os.path.isabs(file_path)):
+        try:
+            relative = Path(os.path.normpath(file_path)).relative_to(root.absolute())
+        except ValueError:
+            raise DatasetError(f"{where}: {file_path} is outside the dataset folder ({root})") from None
+        return relative.as_posix()
+    name = file_path.as_posix() if isinstance(file_path, Path) else str(file_path)
+    confined_path(root, name, where)
+    return name
+
+
+def write_transforms(path: str | os.PathLike, frames: Iterable[Frame], *,
+                     shared_intrinsics: Intrinsics | None = None,
+                     extra: dict[str, Any] | None = None) -> Path:
+    """Write a transforms.json that NeRF-synthetic, instant-ngp and nerfstudio loaders all read.
+
+    Intrinsics go to the top level (with camera_angle_x/_y for NeRF-synthetic loaders) when
+    ``shared_intrinsics`` is given or every frame has the same ones, else into each frame
+    (instant-ngp and nerfstudio read those). Distortion likewise. ``extra`` adds top-level
+    keys (aabb_scale, scale, offset, ...). Written to a temporary file and renamed, so a
+    reader never sees half a file. Returns the path.
+    """
+    path = Path(path)
+    root = path.absolute().parent
+    frames = list(frames)
+    if not frames:
+        raise DatasetError(f"{path.name}: no frames to write")
+    intrinsics = [frame.intrinsics for frame in frames]
+    if shared_intrinsics is not None:
+        for index, (frame, intr) in enumerate(zip(frames, intrinsics)):
+            if intr is not None and not intr.isclose(shared_intrinsics, 1e-9):
+                raise DatasetError(f"frame {index} ({frame.file_path}): its intrinsics differ from the shared ones")
+        shared = shared_intrinsics
+    else:
+        for index, (frame, intr) in enumerate(zip(frames, intrinsics)):
+            if intr is None:
+                raise DatasetError(f"frame {index} ({frame.file_path}): no intrinsics (and none shared)")
+        shared = intrinsics[0] if all(intr == intrinsics[0] for intr in intrinsics) else None
+    distortions = [{key: float(value) for key, value in frame.distortion.items() if value} for frame in frames]
+    shared_distortion = distortions[0] if all(d == distortions[0] for d in distortions) else None
+    models = [frame.camera_model for frame in frames]
+    shared_model = models[0] if all(m == models[0] for m in models) else None
+
+    data: dict[str, Any] = {}
+    if shared is not None:
+        data.update(_intrinsics_dict(shared, with_angles=True))
+    if shared_model is not None:
+        data["camera_model"] = shared_model
+    if shared_distortion:
+        data.update(shared_distortion)
+    if extra:
+        data.update(extra)
+    out_frames = []
+    for index, frame in enumerate(frames):
+        where = f"frame {index} ({frame.file_path})"
+        c2w = np.asarray(frame.c2w, dtype=np.float64)
+        if c2w.shape != (4, 4):
+            raise DatasetError(f"{where}: c2w is {c2w.shape}, expected 4x4")
+        if not np.all(np.isfinite(c2w)):
+            raise DatasetError(f"{where}: c2w has NaN or infinite values")
+        item: dict[str, Any] = {"file_path": _relative_name(root, frame.file_path, where),
+                                "transform_matrix": c2w.tolist()}
+        if shared is None:
+            item.update(_intrinsics_dict(frame.intrinsics, with_angles=False))
+        if shared_model is None:
+            item["camera_model"] = frame.camera_model
+        if shared_distortion is None:
+            item.update(distortions[index])
+        for key, value in frame.extra.items():
+            item.setdefault(key, value)
+        out_frames.append(item)
+    data["frames"] = out_frames
+
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    root.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=root)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return path
