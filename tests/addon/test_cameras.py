@@ -325,3 +325,13 @@ def test_lego_reads_with_the_nerf_synthetic_focal_length():
     # Blender can hold every lego camera: the intrinsics survive a round trip through a camera model.
     model = cameras.camera_from_intrinsics(frames[0].intrinsics)
     assert cameras.intrinsics_from_camera(model).isclose(frames[0].intrinsics, 1e-9)
+
+
+def test_other_images_take_their_size_from_pillow(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (24, 16)).save(tmp_path / "a.jpg")
+    (tmp_path / "transforms.json").write_text(json.dumps({"camera_angle_x": 1.0, "camera_angle_y": 0.8, "frames": [
+        {"file_path": "a.jpg", "transform_matrix": np.eye(4).tolist()}]}))
+    [frame] = datasets.read_transforms(tmp_path / "transforms.json")
+    assert (frame.intrinsics.w, frame.intrinsics.h) == (24, 16)
+    assert frame.intrinsics.fl_y == pytest.approx(8 / math.tan(0.4))

@@ -43,3 +43,9 @@ def test_unusable_cameras_are_refused_by_name(results):
     assert "Camera 'Probe' is orthographic" in refused["ortho"]
     assert "Camera 'Probe' is scaled" in refused["scaled"]
     assert "Camera 'Copy': Blender limits lens" in refused["clamped"]
+
+
+def test_rendered_size_is_rounded_down_like_ours(results):
+    for size, (rendered, ours) in results["rendered"].items():
+        assert rendered == ours, size
+    assert results["rendered"]["(101, 77, 50)"][0] == [50, 38]

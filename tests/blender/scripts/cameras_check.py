@@ -154,7 +154,21 @@ def main(args):
     except cameras.CameraError as exc:
         refused["clamped"] = str(exc)
 
-    return {"cases": cases, "w2cv_cases": w2cv_cases, "worst": worst, "failures": failures[:20],
+    # The rendered size really is resolution * percentage / 100 rounded down (an empty scene, 1 sample).
+    rendered = {}
+    scene.camera = probe
+    scene.render.engine = 'CYCLES'
+    scene.cycles.samples = 1
+    scene.render.image_settings.file_format = 'PNG'
+    scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
+    for size in ((101, 77, 50), (1000, 333, 33)):
+        scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = size
+        scene.render.filepath = str(work / f"render_{size[0]}x{size[1]}_{size[2]}.png")
+        bpy.ops.render.render(write_still=True)
+        expected = cameras.intrinsics_from_camera(camera_io.camera_model_from_object(probe, scene))
+        rendered[str(size)] = [list(datasets.image_size(Path(scene.render.filepath))), [expected.w, expected.h]]
+
+    return {"rendered": rendered, "cases": cases, "w2cv_cases": w2cv_cases, "worst": worst, "failures": failures[:20],
             "failure_count": len(failures),
             "round_trip_failures": round_trip_failures[:20], "round_trip_failure_count": len(round_trip_failures),
             "refused": refused, "seconds": time.monotonic() - started}
