@@ -1,16 +1,18 @@
 """Neural Fields for Blender: turn a mesh into a neural signed distance field and back.
 
-The bpy-free modules (``_backend``, ``runner``, ``jobs``) are imported by plain Python
-tests; this file imports the bpy layer only in register(), so ``import <package>.runner``
-works outside Blender.
+The bpy-free modules (``_backend``, ``runner``, ``jobs``, ``cameras``, ``datasets``) are
+imported by plain Python tests; this file imports the bpy layer only in register(), so
+``import <package>.runner`` works outside Blender.
 """
 
-_MODULE_NAMES = ("preferences", "properties", "operators", "panel")
+import importlib
+
+# bpy modules, registered in this order (a sub-panel after the panel it belongs to).
+_MODULE_NAMES = ("preferences", "properties", "operators", "panel", "capture", "dataset_import")
 
 
 def _modules():
-    from . import operators, panel, preferences, properties
-    return (preferences, properties, operators, panel)
+    return tuple(importlib.import_module(f".{name}", __package__) for name in _MODULE_NAMES)
 
 
 def register():
