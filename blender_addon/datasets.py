@@ -348,3 +348,80 @@ def write_transforms(path: str | os.PathLike, frames: Iterable[Frame], *,
             pass
         raise
     return path
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def _camera_to_world(frame: Any) -> np.ndarray:
+    c2w = np.asarray(frame.c2w if hasattr(frame, "c2w") else frame, dtype=np.float64)
+    if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
+        raise DatasetError(f"a camera's transform is not a finite 4x4 matrix (shape {c2w.shape})")
+    return c2w
+
+
+def normalization_for_cameras(frames: Iterable[Any], *, roi_min=None, roi_max=None,
+                              padding: float = 0.1) -> dict[str, Any]:
+    """The world -> unit box similarity (``protocol.make_normalization``) for a dataset.
+
+    ``frames``: Frames (or 4x4 OpenGL camera-to-world matrices).
+
+    With a region of interest (``roi_min``, ``roi_max``: the world bounding box of the
+    selected objects) the box's centre goes to the origin and its longest side to
+    ``2 * (1 - padding)``, so the box lands inside ``[-(1 - padding), 1 - padding]^3``.
+
+    Without one it is estimated from the cameras: the centre is the point closest to all
+    optical axes (least squares over the lines through each camera centre along its -z
+    axis), which is the point an orbit of cameras looks at; when the axes are (nearly)
+    parallel, as for a single camera, that point is undefined and the mean of the camera
+    centres is used instead. The scale puts the farthest camera centre at radius
+    ``1 - padding``, so every camera lies inside the unit sphere and the object, which the
+    cameras surround, is well inside the unit box.
+    """
+    from ._backend import protocol
+
+    if not 0.0 <= padding < 1.0:
+        raise DatasetError(f"padding must be in [0, 1), got {padding}")
+    if (roi_min is None) != (roi_max is None):
+        raise DatasetError("give both roi_min and roi_max, or neither")
+    if roi_min is not None:
+        low = np.asarray(roi_min, dtype=np.float64).reshape(-1)
+        high = np.asarray(roi_max, dtype=np.float64).reshape(-1)
+        if low.shape != (3,) or high.shape != (3,) or not np.all(np.isfinite(low)) or not np.all(np.isfinite(high)):
+            raise DatasetError(f"the region of interest must be two finite 3D points, got {roi_min}, {roi_max}")
+        if np.any(high < low):
+            raise DatasetError(f"the region of interest is inverted: min {low.tolist()} > max {high.tolist()}")
+        extent = float(np.max(high - low))
+        if not extent > 0:
+            raise DatasetError("the region of interest is a single point: select objects with some size")
+        return protocol.make_normalization(((low + high) / 2).tolist(), 2.0 * (1.0 - padding) / extent)
+
+    matrices = [_camera_to_world(frame) for frame in frames]
+    if not matrices:
+        raise DatasetError("no cameras to estimate the region of interest from")
+    centres = np.array([m[:3, 3] for m in matrices])
+    directions = np.array([-m[:3, 2] for m in matrices])
+    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-300)
+    # sum over cameras of (I - d d^T) (p - c) = 0  ->  A p = b
+    projectors = np.eye(3)[None] - directions[:, :, None] * directions[:, None, :]
+    a = projectors.sum(axis=0)
+    b = np.einsum("nij,nj->i", projectors, centres)
+    eigen = np.linalg.eigvalsh(a)
+    if eigen[0] > 1e-6 * len(matrices):
+        centre = np.linalg.solve(a, b)
+    else:
+        centre = centres.mean(axis=0)
+    radius = float(np.max(np.linalg.norm(centres - centre, axis=1)))
+    if not radius > 1e-12:
+        raise DatasetError("cannot size the region of interest from cameras that all sit at one point: "
+                           "select the objects to reconstruct")
+    return protocol.make_normalization(centre.tolist(), (1.0 - padding) / radius)
+
+
+def write_normalization(path: str | os.PathLike, normalization: dict[str, Any]) -> Path:
+    """Write normalization.json atomically (a reader sees the old file or the new one). Returns the path."""
+    from ._backend import protocol
+
+    path = Path(path)
+    protocol.write_json_atomic(path, normalization)
+    return path
