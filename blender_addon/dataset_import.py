@@ -1,9 +1,368 @@
-"""Placeholder while this module is being written."""
+"""Datasets <-> Blender cameras (the thin bpy layer over datasets.py, cameras.py and camera_io.py).
+
+- "Import Dataset" (``neural_fields.import_dataset``): a transforms*.json (NeRF-synthetic,
+  instant-ngp, nerfstudio) or a COLMAP text model becomes one camera per frame in a new
+  collection, each with its photo as the camera's background image, so an artist sees at a
+  glance whether a capture lines up with the scene. The whole dataset is read and checked
+  first (images present and readable, sizes equal to the intrinsics, one image size and one
+  pixel aspect for all frames since a scene has one resolution, cameras Blender can
+  represent); any problem is reported and nothing is created.
+- "Use Photos" (``neural_fields.use_photos``): the selected cameras' background images
+  become a dataset folder (images/NNNN.<ext> + transforms.json) with the cameras' own
+  intrinsics and poses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+from bpy.props import StringProperty
+from bpy_extras.io_utils import ImportHelper
+
+from . import camera_io, cameras, datasets
+from .cameras import CameraError, CameraModel, Intrinsics
+from .datasets import DatasetError
+
+TRANSFORMS_NAMES = ("transforms.json", "transforms_train.json")
+BACKGROUND_ALPHA = 0.5
 
 
-def register():
-    pass
+class ImportFailed(Exception):
+    """A problem to report to the user; nothing was (or is left) created."""
 
 
-def unregister():
-    pass
+# --------------------------------------------------------------------------- finding and reading
+
+
+def _colmap_folder(folder: Path) -> Path | None:
+    for candidate in (folder, folder / "sparse" / "0", folder / "sparse"):
+        if (candidate / "cameras.txt").is_file() and (candidate / "images.txt").is_file():
+            return candidate
+    return None
+
+
+def locate_dataset(path: str | os.PathLike) -> tuple[str, Path]:
+    """('transforms', json file) or ('colmap', model folder) for a chosen file or folder."""
+    path = Path(bpy.path.abspath(str(path)) if str(path).startswith("//") else str(path))
+    if not str(path):
+        raise ImportFailed("No dataset chosen")
+    if path.is_file():
+        if path.suffix.lower() == ".json":
+            return "transforms", path
+        if path.name in ("cameras.txt", "images.txt", "points3D.txt"):
+            folder = _colmap_folder(path.parent)
+            if folder is not None:
+                return "colmap", folder
+        raise ImportFailed(f"{path} is not a transforms*.json file or a COLMAP cameras.txt / images.txt")
+    if path.is_dir():
+        for name in TRANSFORMS_NAMES:
+            if (path / name).is_file():
+                return "transforms", path / name
+        folder = _colmap_folder(path)
+        if folder is not None:
+            return "colmap", folder
+        raise ImportFailed(f"{path} holds no transforms.json, transforms_train.json or COLMAP "
+                           "cameras.txt + images.txt")
+    raise ImportFailed(f"{path} does not exist")
+
+
+def read_any(path) -> tuple[datasets.Dataset, str]:
+    """The dataset at ``path`` (file or folder) and a name for its collection."""
+    kind, found = locate_dataset(path)
+    if kind == "colmap":
+        try:
+            from . import colmap  # written separately; optional
+        except ImportError:
+            raise ImportFailed(f"{found} is a COLMAP model, and COLMAP import is not available in this "
+                               "version of the add-on; export it to transforms.json instead") from None
+        dataset = colmap.read_colmap(found)
+        name = (found.parent.parent.name if found.name == "0" and found.parent.name == "sparse"
+                else found.parent.name if found.name == "sparse" else found.name) or "COLMAP"
+        return dataset, name
+    dataset = datasets.read_dataset(found)
+    name = found.parent.name or "Dataset"
+    stem = found.stem
+    if stem.startswith("transforms_") and len(stem) > len("transforms_"):
+        name = f"{name} ({stem[len('transforms_'):]})"
+    elif stem != "transforms":
+        name = f"{name} ({stem})"
+    return dataset, name
+
+
+@dataclass
+class PlannedCamera:
+    name: str
+    model: CameraModel
+    c2w: object
+    image: Path
+
+
+def plan_import(dataset: datasets.Dataset) -> list[PlannedCamera]:
+    """Check every frame before anything is created; ImportFailed names the first problem."""
+    plans = []
+    first: tuple[Intrinsics, CameraModel, str] | None = None
+    names = set()
+    for index, frame in enumerate(dataset.frames):
+        label = frame.name or str(frame.file_path)
+        where = f"frame {index} ({label})"
+        image = Path(frame.file_path)
+        if not image.is_file():
+            raise ImportFailed(f"{where}: image {image} is missing")
+        try:
+            size = datasets.image_size(image)
+        except DatasetError as exc:
+            raise ImportFailed(f"{where}: {exc}") from None
+        intr = frame.intrinsics
+        if intr is None:
+            raise ImportFailed(f"{where}: no intrinsics")
+        if tuple(size) != (intr.w, intr.h):
+            raise ImportFailed(f"{where}: image {image.name} is {size[0]}x{size[1]} pixels but the dataset "
+                               f"says {intr.w}x{intr.h}")
+        if first is not None and (intr.w, intr.h) != (first[0].w, first[0].h):
+            raise ImportFailed(f"{where}: its images are {intr.w}x{intr.h} but {first[2]} has "
+                               f"{first[0].w}x{first[0].h}; a Blender scene has one resolution, so "
+                               "datasets with mixed image sizes cannot be imported")
+        try:
+            model = cameras.camera_from_intrinsics(intr)
+        except CameraError as exc:
+            raise ImportFailed(f"{where}: {exc}") from None
+        if first is not None and not (math.isclose(model.pixel_aspect_x, first[1].pixel_aspect_x, rel_tol=1e-9)
+                                      and math.isclose(model.pixel_aspect_y, first[1].pixel_aspect_y, rel_tol=1e-9)):
+            raise ImportFailed(f"{where}: its fl_x/fl_y differs from that of {first[2]}; a Blender scene has "
+                               "one pixel aspect, so such datasets cannot be imported")
+        try:
+            c2w = cameras.validate_camera_matrix(where, frame.c2w)
+        except CameraError as exc:
+            raise ImportFailed(str(exc)) from None
+        if first is None:
+            first = (intr, model, where)
+        stem = Path(label).stem or f"{index:04d}"
+        name = stem if stem not in names else f"{stem}.{index:04d}"
+        names.add(name)
+        plans.append(PlannedCamera(name=name, model=model, c2w=c2w, image=image))
+    if not plans:
+        raise ImportFailed("The dataset has no frames")
+    return plans
+
+
+_RENDER_KEYS = ("resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x", "pixel_aspect_y")
+
+
+def create_cameras(context, plans: list[PlannedCamera], collection_name: str):
+    """Create the collection, cameras and background images; on any error remove them again."""
+    scene = context.scene
+    render = scene.render
+    saved_render = {key: getattr(render, key) for key in _RENDER_KEYS}
+    images_before = set(bpy.data.images)
+    created_objects, created_cameras = [], []
+    collection = None
+    try:
+        collection = bpy.data.collections.new(collection_name)
+        scene.collection.children.link(collection)
+        for plan in plans:
+            data = bpy.data.cameras.new(plan.name)
+            created_cameras.append(data)
+            obj = bpy.data.objects.new(plan.name, data)
+            created_objects.append(obj)
+            collection.objects.link(obj)
+            camera_io.apply_camera_model(obj, scene, plan.model)
+            camera_io.set_camera_to_world(obj, plan.c2w)
+            image = bpy.data.images.load(str(plan.image), check_existing=True)
+            background = data.background_images.new()
+            background.image = image
+            background.alpha = BACKGROUND_ALPHA
+            background.frame_method = 'STRETCH'
+            data.show_background_images = True
+        context.view_layer.update()
+    except BaseException as exc:
+        for obj in created_objects:
+            bpy.data.objects.remove(obj)
+        for data in created_cameras:
+            bpy.data.cameras.remove(data)
+        if collection is not None:
+            bpy.data.collections.remove(collection)
+        for image in set(bpy.data.images) - images_before:
+            bpy.data.images.remove(image)
+        for key, value in saved_render.items():
+            setattr(render, key, value)
+        if isinstance(exc, (CameraError, DatasetError, RuntimeError, OSError)):
+            raise ImportFailed(str(exc)) from None
+        raise
+    return collection, created_objects
+
+
+def import_dataset(context, path):
+    """Read, check, create. Returns (collection, camera objects); ImportFailed leaves nothing behind."""
+    try:
+        dataset, name = read_any(path)
+    except (DatasetError, CameraError) as exc:
+        raise ImportFailed(str(exc)) from None
+    except ImportFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a COLMAP reader's own errors
+        raise ImportFailed(f"{type(exc).__name__}: {exc}") from None
+    plans = plan_import(dataset)
+    return create_cameras(context, plans, name)
+
+
+class NEURALFIELDS_OT_import_dataset(bpy.types.Operator, ImportHelper):
+    """Import a dataset's cameras (transforms.json or COLMAP text model), each with its photo as background"""
+
+    bl_idname = "neural_fields.import_dataset"
+    bl_label = "Import Dataset"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json;*.txt", options={'HIDDEN'})
+
+    def execute(self, context):
+        try:
+            collection, objects = import_dataset(context, self.filepath)
+        except ImportFailed as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Imported {len(objects)} cameras into collection '{collection.name}'")
+        return {'FINISHED'}
+
+
+# --------------------------------------------------------------------------- Use Photos
+
+
+_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def _sequence_frame(image, user, scene) -> int:
+    """The frame number an image sequence shows at the scene's current frame (as Blender computes it)."""
+    duration = user.frame_duration
+    frame = scene.frame_current - user.frame_start + 1
+    if duration > 0:
+        if user.use_cyclic:
+            frame = (frame - 1) % duration + 1
+        else:
+            frame = min(max(frame, 1), duration)
+    return frame + user.frame_offset
+
+
+def background_photo(obj, scene) -> Path:
+    """The image file of ``obj``'s (first usable) background image at the scene's frame."""
+    data = obj.data
+    for background in data.background_images:
+        if background.source == 'IMAGE' and background.image is not None:
+            image = background.image
+            if image.packed_file is not None:
+                raise ImportFailed(f"Camera '{obj.name}': its background image '{image.name}' is packed "
+                                   "into the .blend; unpack it (Image > Unpack) first")
+            path = Path(bpy.path.abspath(image.filepath, library=image.library))
+            if image.source == 'SEQUENCE':
+                frame = _sequence_frame(image, background.image_user, scene)
+                match = _NUMBER.search(path.name)
+                if match is None:
+                    raise ImportFailed(f"Camera '{obj.name}': cannot find the frame number in {path.name}")
+                digits = match.group(1)
+                name = path.name[:match.start()] + f"{frame:0{len(digits)}d}" + path.name[match.end():]
+                path = path.with_name(name)
+            elif image.source != 'FILE':
+                raise ImportFailed(f"Camera '{obj.name}': its background image '{image.name}' is "
+                                   f"{image.source.lower()}, not a file; save it as an image first")
+            if not path.is_file():
+                raise ImportFailed(f"Camera '{obj.name}': its background image file {path} is missing")
+            return path
+        if background.source == 'MOVIE_CLIP' and background.clip is not None:
+            raise ImportFailed(f"Camera '{obj.name}': its background is a movie clip "
+                               f"('{background.clip.name}'); movie clips are not supported yet, "
+                               "use an image or image sequence")
+    raise ImportFailed(f"Camera '{obj.name}' has no background image to use as its photo")
+
+
+def use_photos(context, objects, directory) -> Path:
+    """Write ``directory``/images/NNNN.<ext> + transforms.json for ``objects`` (cameras)."""
+    if not directory:
+        raise ImportFailed("No output folder chosen")
+    root = Path(bpy.path.abspath(directory))
+    cams = sorted((obj for obj in objects if obj.type == 'CAMERA'), key=lambda obj: obj.name)
+    if not cams:
+        raise ImportFailed("Select one or more cameras that have background images")
+    if (root / "transforms.json").exists():
+        raise ImportFailed(f"{root} already holds a transforms.json; choose an empty folder")
+    scene = context.scene
+    plans = []
+    for index, obj in enumerate(cams):
+        try:
+            intr = cameras.intrinsics_from_camera(camera_io.camera_model_from_object(obj, scene))
+            c2w = camera_io.camera_to_world(obj)
+        except CameraError as exc:
+            raise ImportFailed(str(exc)) from None
+        source = background_photo(obj, scene)
+        try:
+            size = datasets.image_size(source)
+        except DatasetError as exc:
+            raise ImportFailed(f"Camera '{obj.name}': {exc}") from None
+        if tuple(size) != (intr.w, intr.h):
+            raise ImportFailed(f"Camera '{obj.name}': its photo {source.name} is {size[0]}x{size[1]} pixels but "
+                               f"the scene renders {intr.w}x{intr.h}; set the output resolution to the photo's")
+        suffix = source.suffix.lower() if source.suffix.lower() in datasets.IMAGE_SUFFIXES else ".png"
+        plans.append((obj, intr, c2w, source, f"images/{index:04d}{suffix}"))
+    frames = []
+    try:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        for obj, intr, c2w, source, name in plans:
+            shutil.copyfile(source, root / name)
+            frames.append(datasets.Frame(file_path=name, c2w=c2w, intrinsics=intr,
+                                         extra={"blender_camera": obj.name}))
+        datasets.write_transforms(root / "transforms.json", frames)
+    except (OSError, DatasetError) as exc:
+        raise ImportFailed(f"Cannot write the dataset to {root}: {exc}") from None
+    return root
+
+
+class NEURALFIELDS_OT_use_photos(bpy.types.Operator):
+    """Write the selected cameras and their background images as a dataset (images/ + transforms.json)"""
+
+    bl_idname = "neural_fields.use_photos"
+    bl_label = "Use Photos"
+    bl_options = {'REGISTER'}
+
+    directory: StringProperty(name="Folder", subtype='DIR_PATH',
+                              description="Folder to write images/ and transforms.json into")
+    filter_folder: bpy.props.BoolProperty(default=True, options={'HIDDEN'})
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        try:
+            root = use_photos(context, context.selected_objects, self.directory)
+        except ImportFailed as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Wrote the dataset to {root}")
+        return {'FINISHED'}
+
+
+class NEURALFIELDS_PT_datasets(bpy.types.Panel):
+    bl_label = "Datasets"
+    bl_idname = "NEURALFIELDS_PT_datasets"
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "Neural Fields"
+    bl_parent_id = "NEURALFIELDS_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        column = self.layout.column(align=True)
+        column.operator(NEURALFIELDS_OT_import_dataset.bl_idname, icon='IMPORT')
+        column.operator(NEURALFIELDS_OT_use_photos.bl_idname, icon='IMAGE_DATA')
+
+
+classes = (NEURALFIELDS_OT_import_dataset, NEURALFIELDS_OT_use_photos, NEURALFIELDS_PT_datasets)
+
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,0 +1,229 @@
+"""Import Dataset / Use Photos in real Blender (the add-on as installed from the zip).
+
+(a) the lego train set (when given): cameras, intrinsics, poses, background images;
+(b) a generated small dataset: exact cameras, then Use Photos writes it back;
+(c) bad datasets: a clear message and nothing created;
+(d) Use Photos refusals: a camera without a background image, a movie clip.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+import bl_common as common
+
+
+def state():
+    """Every datablock that an import could leave behind."""
+    return {"collections": sorted(c.name for c in bpy.data.collections),
+            "objects": sorted(o.name for o in bpy.data.objects),
+            "cameras": sorted(c.name for c in bpy.data.cameras),
+            "images": sorted(i.name for i in bpy.data.images),
+            "resolution": [bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y]}
+
+
+def run_op(op, **kwargs):
+    """(result, error text) of an operator call; bpy raises RuntimeError carrying ERROR reports."""
+    try:
+        result = op(**kwargs)
+        return sorted(result), ""
+    except RuntimeError as exc:
+        return ["CANCELLED"], str(exc)
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def check_cameras(objects, dataset, cameras, camera_io, scene):
+    worst_intr, worst_pose, problems = 0.0, 0.0, []
+    by_name = {obj.name: obj for obj in objects}
+    for frame, obj in zip(dataset.frames, objects):
+        intr = cameras.intrinsics_from_camera(camera_io.camera_model_from_object(obj, scene))
+        want = frame.intrinsics
+        for key in ("fl_x", "fl_y", "cx", "cy"):
+            worst_intr = max(worst_intr, rel(getattr(intr, key), getattr(want, key)))
+        if (intr.w, intr.h) != (want.w, want.h):
+            problems.append(f"{obj.name}: size {intr.w}x{intr.h} != {want.w}x{want.h}")
+        worst_pose = max(worst_pose, float(np.max(np.abs(camera_io.camera_to_world(obj) - frame.c2w))))
+        backgrounds = obj.data.background_images
+        if not obj.data.show_background_images or len(backgrounds) != 1 or backgrounds[0].image is None:
+            problems.append(f"{obj.name}: no background image")
+        elif Path(bpy.path.abspath(backgrounds[0].image.filepath)).resolve() != Path(frame.file_path).resolve():
+            problems.append(f"{obj.name}: background {backgrounds[0].image.filepath} != {frame.file_path}")
+        elif abs(backgrounds[0].alpha - 0.5) > 1e-6:
+            problems.append(f"{obj.name}: alpha {backgrounds[0].alpha}")
+    return {"worst_intrinsics": worst_intr, "worst_pose": worst_pose, "problems": problems[:10],
+            "count": len(objects), "names": len(by_name)}
+
+
+def write_png(path, w, h, seed):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def look_at(eye, target=(0.0, 0.0, 0.0)):
+    eye = np.asarray(eye, float)
+    forward = np.asarray(target, float) - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, -forward, eye
+    return m
+
+
+def make_small(folder: Path, w=48, h=32):
+    """4 frames with known cameras (fl_x != cx-centred, off-centre principal point)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for index in range(4):
+        write_png(folder / "images" / f"view_{index}.png", w, h, index)
+        angle = index * math.pi / 2 + 0.3
+        c2w = look_at([4 * math.cos(angle), 4 * math.sin(angle), 1.0 + 0.2 * index])
+        frames.append({"file_path": f"images/view_{index}.png", "transform_matrix": c2w.tolist()})
+    data = {"fl_x": 55.5, "fl_y": 55.5, "cx": 25.0, "cy": 15.5, "w": w, "h": h, "frames": frames}
+    (folder / "transforms.json").write_text(json.dumps(data, indent=1))
+    return data
+
+
+def main(args):
+    common.setup(args["zip"])
+    cameras = common.addon_module("cameras")
+    camera_io = common.addon_module("camera_io")
+    datasets = common.addon_module("datasets")
+    work = Path(args["work"])
+    scene = bpy.context.scene
+    out = {}
+
+    # (a) lego
+    if args.get("lego"):
+        lego = Path(args["lego"])
+        dataset = datasets.read_dataset(lego / "transforms_train.json")
+        before = set(bpy.data.collections)
+        result, error = run_op(bpy.ops.neural_fields.import_dataset, filepath=str(lego / "transforms_train.json"))
+        new = [c for c in bpy.data.collections if c not in before]
+        out["lego"] = {"result": result, "error": error, "collections": [c.name for c in new],
+                       "resolution": [scene.render.resolution_x, scene.render.resolution_y,
+                                      scene.render.resolution_percentage]}
+        if new:
+            objects = list(new[0].objects)
+            out["lego"].update(check_cameras(objects, dataset, cameras, camera_io, scene))
+            out["lego"]["images"] = len({o.data.background_images[0].image.name for o in objects})
+            for obj in objects:
+                bpy.data.objects.remove(obj)
+            bpy.data.collections.remove(new[0])
+
+    # (b) a small generated dataset, imported through its folder, then Use Photos
+    small = work / "small"
+    make_small(small)
+    dataset = datasets.read_dataset(small / "transforms.json")
+    before = set(bpy.data.collections)
+    result, error = run_op(bpy.ops.neural_fields.import_dataset, filepath=str(small))
+    new = [c for c in bpy.data.collections if c not in before]
+    info = {"result": result, "error": error, "collections": [c.name for c in new]}
+    out["small"] = info
+    if new:
+        objects = list(new[0].objects)
+        objects.sort(key=lambda o: o.name)
+        info.update(check_cameras(objects, dataset, cameras, camera_io, scene))
+        common.make_active(None)
+        for obj in objects:
+            obj.select_set(True)
+        written = work / "written"
+        result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(written))
+        info["use_photos"] = {"result": result, "error": error}
+        if (written / "transforms.json").exists():
+            back = datasets.read_dataset(written / "transforms.json")
+            poses = max(float(np.max(np.abs(a.c2w - b.c2w))) for a, b in zip(back.frames, dataset.frames))
+            intr = max(rel(getattr(a.intrinsics, k), getattr(b.intrinsics, k))
+                       for a, b in zip(back.frames, dataset.frames) for k in ("fl_x", "fl_y", "cx", "cy"))
+            same_images = all(Path(a.file_path).read_bytes() == Path(b.file_path).read_bytes()
+                              for a, b in zip(back.frames, dataset.frames))
+            info["use_photos"].update(frames=len(back.frames), worst_pose=poses, worst_intrinsics=intr,
+                                      same_images=same_images,
+                                      sizes=sorted({(f.intrinsics.w, f.intrinsics.h) for f in back.frames}),
+                                      names=[f.name for f in back.frames])
+        # a second write into the same folder is refused
+        result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(written))
+        info["use_photos_again"] = {"result": result, "error": error}
+        # a camera without a background image: refused by name, nothing written
+        bare = bpy.data.objects.new("Bare Camera", bpy.data.cameras.new("Bare Camera"))
+        scene.collection.objects.link(bare)
+        bare.select_set(True)
+        refused = work / "refused"
+        result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(refused))
+        info["no_background"] = {"result": result, "error": error, "written": refused.exists()}
+        bare.select_set(False)
+        # a movie clip background: a clear message
+        clip_cam = objects[0]
+        background = clip_cam.data.background_images[0]
+        background.source = 'MOVIE_CLIP'
+        try:
+            clip = bpy.data.movieclips.load(str(small / "images" / "view_0.png"))
+            background.clip = clip
+            result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(work / "clip"))
+            info["movie_clip"] = {"result": result, "error": error, "written": (work / "clip").exists()}
+        except Exception as exc:  # noqa: BLE001
+            info["movie_clip"] = {"skipped": str(exc)}
+        background.source = 'IMAGE'
+
+    # (c) bad datasets: nothing created
+    bad = {}
+    cases = {}
+    missing = work / "bad_missing"
+    data = make_small(missing)
+    (missing / "images" / "view_2.png").unlink()
+    cases["missing"] = missing
+    wrong = work / "bad_size"
+    make_small(wrong)
+    write_png(wrong / "images" / "view_3.png", 40, 32, 9)
+    cases["wrong_size"] = wrong
+    nan = work / "bad_nan"
+    data = make_small(nan)
+    data["frames"][1]["transform_matrix"][0][3] = "NaN_PLACEHOLDER"
+    (nan / "transforms.json").write_text(json.dumps(data).replace('"NaN_PLACEHOLDER"', "NaN"))
+    cases["nan"] = nan
+    escape = work / "bad_escape"
+    data = make_small(escape)
+    shutil.copy(escape / "images" / "view_0.png", work / "outside.png")
+    data["frames"][2]["file_path"] = "../outside.png"
+    (escape / "transforms.json").write_text(json.dumps(data))
+    cases["escape"] = escape
+    absolute = work / "bad_absolute"
+    data = make_small(absolute)
+    data["frames"][0]["file_path"] = str(work / "outside.png")
+    (absolute / "transforms.json").write_text(json.dumps(data))
+    cases["absolute"] = absolute
+    mixed = work / "bad_mixed"
+    data = make_small(mixed)
+    for key in ("w", "h", "cx", "cy"):
+        del data[key]
+    write_png(mixed / "images" / "view_1.png", 40, 30, 5)
+    (mixed / "transforms.json").write_text(json.dumps(data))
+    cases["mixed_sizes"] = mixed
+    cases["nothing_there"] = work / "does_not_exist"
+    empty = work / "empty_folder"
+    empty.mkdir()
+    cases["empty_folder"] = empty
+    for label, folder in cases.items():
+        before = state()
+        result, error = run_op(bpy.ops.neural_fields.import_dataset, filepath=str(folder))
+        bad[label] = {"result": result, "error": error, "unchanged": state() == before,
+                      "before": before, "after": state()}
+    out["bad"] = bad
+
+    # the panel is registered under the main one
+    panel = getattr(bpy.types, "NEURALFIELDS_PT_datasets", None)
+    out["panel_parent"] = getattr(panel, "bl_parent_id", None)
+    return out
+
+
+if __name__ == "__main__":
+    common.run_main(main)
