@@ -40,33 +40,43 @@ class ImportFailed(Exception):
 # --------------------------------------------------------------------------- finding and reading
 
 
-def _colmap_folder(folder: Path) -> Path | None:
+def _colmap_root(folder: Path) -> Path | None:
+    """The dataset folder of a COLMAP text model found in ``folder``, ``folder/sparse/0`` or
+    ``folder/sparse`` (the images live in ``<root>/images`` or ``<root>``)."""
     for candidate in (folder, folder / "sparse" / "0", folder / "sparse"):
         if (candidate / "cameras.txt").is_file() and (candidate / "images.txt").is_file():
-            return candidate
+            return folder
     return None
 
 
+def _colmap_root_of_model(model: Path) -> Path:
+    if model.name == "0" and model.parent.name == "sparse":
+        return model.parent.parent
+    if model.name == "sparse":
+        return model.parent
+    return model
+
+
 def locate_dataset(path: str | os.PathLike) -> tuple[str, Path]:
-    """('transforms', json file) or ('colmap', model folder) for a chosen file or folder."""
-    path = Path(bpy.path.abspath(str(path)) if str(path).startswith("//") else str(path))
-    if not str(path):
+    """('transforms', json file) or ('colmap', dataset folder) for a chosen file or folder."""
+    text = str(path)
+    if not text:
         raise ImportFailed("No dataset chosen")
+    path = Path(bpy.path.abspath(text) if text.startswith("//") else text)
     if path.is_file():
         if path.suffix.lower() == ".json":
             return "transforms", path
         if path.name in ("cameras.txt", "images.txt", "points3D.txt"):
-            folder = _colmap_folder(path.parent)
-            if folder is not None:
-                return "colmap", folder
+            if (path.parent / "cameras.txt").is_file() and (path.parent / "images.txt").is_file():
+                return "colmap", _colmap_root_of_model(path.parent)
         raise ImportFailed(f"{path} is not a transforms*.json file or a COLMAP cameras.txt / images.txt")
     if path.is_dir():
         for name in TRANSFORMS_NAMES:
             if (path / name).is_file():
                 return "transforms", path / name
-        folder = _colmap_folder(path)
-        if folder is not None:
-            return "colmap", folder
+        root = _colmap_root(path)
+        if root is not None:
+            return "colmap", root
         raise ImportFailed(f"{path} holds no transforms.json, transforms_train.json or COLMAP "
                            "cameras.txt + images.txt")
     raise ImportFailed(f"{path} does not exist")
@@ -77,16 +87,14 @@ def read_any(path) -> tuple[datasets.Dataset, str]:
     kind, found = locate_dataset(path)
     if kind == "colmap":
         try:
-            from . import colmap  # written separately; optional
+            from . import colmap  # optional: the add-on works without it
         except ImportError:
-            raise ImportFailed(f"{found} is a COLMAP model, and COLMAP import is not available in this "
+            raise ImportFailed(f"{found} holds a COLMAP model, and COLMAP import is not available in this "
                                "version of the add-on; export it to transforms.json instead") from None
         dataset = colmap.read_colmap(found)
-        name = (found.parent.parent.name if found.name == "0" and found.parent.name == "sparse"
-                else found.parent.name if found.name == "sparse" else found.name) or "COLMAP"
-        return dataset, name
+        return dataset, found.absolute().name or "COLMAP"
     dataset = datasets.read_dataset(found)
-    name = found.parent.name or "Dataset"
+    name = found.absolute().parent.name or "Dataset"
     stem = found.stem
     if stem.startswith("transforms_") and len(stem) > len("transforms_"):
         name = f"{name} ({stem[len('transforms_'):]})"
@@ -198,7 +206,8 @@ def create_cameras(context, plans: list[PlannedCamera], collection_name: str):
 
 
 def import_dataset(context, path):
-    """Read, check, create. Returns (collection, camera objects); ImportFailed leaves nothing behind."""
+    """Read, check, create. Returns (collection, camera objects, number of frames with lens distortion);
+    ImportFailed leaves nothing behind."""
     try:
         dataset, name = read_any(path)
     except (DatasetError, CameraError) as exc:
@@ -208,7 +217,9 @@ def import_dataset(context, path):
     except Exception as exc:  # noqa: BLE001 - a COLMAP reader's own errors
         raise ImportFailed(f"{type(exc).__name__}: {exc}") from None
     plans = plan_import(dataset)
-    return create_cameras(context, plans, name)
+    collection, objects = create_cameras(context, plans, name)
+    distorted = sum(1 for frame in dataset.frames if any(frame.distortion.values()))
+    return collection, objects, distorted
 
 
 class NEURALFIELDS_OT_import_dataset(bpy.types.Operator, ImportHelper):
@@ -223,10 +234,13 @@ class NEURALFIELDS_OT_import_dataset(bpy.types.Operator, ImportHelper):
 
     def execute(self, context):
         try:
-            collection, objects = import_dataset(context, self.filepath)
+            collection, objects, distorted = import_dataset(context, self.filepath)
         except ImportFailed as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
+        if distorted:
+            self.report({'WARNING'}, f"{distorted} of {len(objects)} frames have lens distortion, which Blender "
+                                     "cameras do not model: their background images line up only near the centre")
         self.report({'INFO'}, f"Imported {len(objects)} cameras into collection '{collection.name}'")
         return {'FINISHED'}
 

@@ -91,3 +91,23 @@ def test_bad_datasets_create_nothing(results, case, words):
 
 def test_panel_is_a_sub_panel(results):
     assert results["panel_parent"] == "NEURALFIELDS_PT_main"
+
+
+def test_colmap_model_imports_the_same_cameras(results):
+    if not results["colmap_available"]:
+        pytest.skip("blender_addon/colmap.py is not in this version of the add-on")
+    colmap = results["colmap"]
+    assert colmap["result"] == ["FINISHED"], colmap["error"]
+    assert colmap["collections"] == ["colmap_scene"]
+    assert colmap["count"] == 4
+    assert colmap["problems"] == []
+    assert colmap["worst_intrinsics"] < 1e-6
+    assert colmap["worst_pose"] < 1e-5
+    assert colmap["pose_vs_transforms"] < 1e-5
+
+
+def test_failure_while_creating_leaves_nothing(results):
+    half = results["half_way"]
+    assert half["calls"] == 3
+    assert half["result"] == ["CANCELLED"] and "injected failure" in half["error"]
+    assert half["unchanged"], (half["before"], half["after"])

@@ -174,6 +174,63 @@ def main(args):
             info["movie_clip"] = {"skipped": str(exc)}
         background.source = 'IMAGE'
 
+    # (b2) the same cameras as a COLMAP text model (sparse/0), when the add-on has colmap.py
+    try:
+        colmap = common.addon_module("colmap")
+    except ImportError:
+        colmap = None
+    out["colmap_available"] = colmap is not None
+    if colmap is not None:
+        from mathutils import Matrix
+        folder = work / "colmap_scene"
+        (folder / "sparse" / "0").mkdir(parents=True)
+        shutil.copytree(small / "images", folder / "images")
+        known = json.loads((small / "transforms.json").read_text())
+        (folder / "sparse" / "0" / "cameras.txt").write_text(
+            "# CAMERA_ID MODEL WIDTH HEIGHT PARAMS\n1 PINHOLE 48 32 55.5 55.5 25.0 15.5\n")
+        lines = ["# IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME"]
+        for index, frame in enumerate(known["frames"]):
+            c2w_cv = np.array(frame["transform_matrix"]) @ np.diag([1.0, -1.0, -1.0, 1.0])
+            rotation = c2w_cv[:3, :3].T
+            t = -rotation @ c2w_cv[:3, 3]
+            q = Matrix(rotation.tolist()).to_quaternion()
+            lines.append(f"{index + 1} {q.w!r} {q.x!r} {q.y!r} {q.z!r} {t[0]!r} {t[1]!r} {t[2]!r} 1 "
+                         f"view_{index}.png")
+            lines.append("")
+        (folder / "sparse" / "0" / "images.txt").write_text("\n".join(lines) + "\n")
+        before = set(bpy.data.collections)
+        result, error = run_op(bpy.ops.neural_fields.import_dataset,
+                               filepath=str(folder / "sparse" / "0" / "cameras.txt"))
+        new = [c for c in bpy.data.collections if c not in before]
+        info = {"result": result, "error": error, "collections": [c.name for c in new]}
+        if new:
+            objects = sorted(new[0].objects, key=lambda o: o.name)
+            info.update(check_cameras(objects, colmap.read_colmap(folder), cameras, camera_io, scene))
+            # and the cameras the COLMAP model was made from
+            info["pose_vs_transforms"] = max(float(np.max(np.abs(camera_io.camera_to_world(obj) - frame.c2w)))
+                                             for obj, frame in zip(objects, dataset.frames))
+        out["colmap"] = info
+
+    # (b3) a failure half-way through creating the cameras takes everything back
+    original = camera_io.apply_camera_model
+    calls = []
+
+    def failing(obj, scene_, model):
+        calls.append(obj.name)
+        if len(calls) == 3:
+            raise cameras.CameraError(f"Camera '{obj.name}': injected failure")
+        return original(obj, scene_, model)
+
+    camera_io.apply_camera_model = failing
+    try:
+        scene.render.resolution_x, scene.render.resolution_y = 640, 480
+        before = state()
+        result, error = run_op(bpy.ops.neural_fields.import_dataset, filepath=str(small / "transforms.json"))
+        out["half_way"] = {"result": result, "error": error, "calls": len(calls),
+                           "unchanged": state() == before, "before": before, "after": state()}
+    finally:
+        camera_io.apply_camera_model = original
+
     # (c) bad datasets: nothing created
     bad = {}
     cases = {}
