@@ -27,6 +27,8 @@ RIG_NAME = "Capture Rig"
 RIG_KEY = "neural_fields_rig"           # collection custom property: creation order (most recent = largest)
 CENTER_KEY = "neural_fields_center"     # the rig's bounding sphere, for normalization.json
 RADIUS_KEY = "neural_fields_radius"
+ROI_MIN_KEY = "neural_fields_roi_min"   # the selection's world bounding box, for normalization.json
+ROI_MAX_KEY = "neural_fields_roi_max"
 MARGIN = 1.1
 
 
@@ -122,6 +124,8 @@ class NEURALFIELDS_OT_make_capture_rig(bpy.types.Operator):
         collection[RIG_KEY] = max([int(c.get(RIG_KEY, 0)) for c in rigs()] + [0]) + 1
         collection[CENTER_KEY] = [float(c) for c in center]
         collection[RADIUS_KEY] = float(radius)
+        collection[ROI_MIN_KEY] = [float(v) for v in points.min(axis=0)]
+        collection[ROI_MAX_KEY] = [float(v) for v in points.max(axis=0)]
         context.scene.collection.children.link(collection)
         digits = max(3, len(str(self.count)))
         for index, c2w in enumerate(poses):
@@ -151,6 +155,13 @@ class NEURALFIELDS_OT_render_capture(bpy.types.Operator):
     normal: BoolProperty(name="Normals", default=False, description="Also write the normal pass (multilayer EXR)")
     mask: BoolProperty(name="Mask", default=False, description="Also write the object mask (alpha) as a PNG")
 
+    def invoke(self, context, event):
+        if not self.directory:
+            self.directory = default_directory()
+        if bpy.app.background:
+            return self.execute(context)
+        return context.window_manager.invoke_props_dialog(self)
+
     def execute(self, context):
         scene = context.scene
         cams, rig, message = cameras_to_render(context)
@@ -171,29 +182,28 @@ class NEURALFIELDS_OT_render_capture(bpy.types.Operator):
         if not root.is_absolute():
             root = Path(tempfile.gettempdir()) / "neural_fields_capture"
 
-        center, radius = self._region(scene, rig, frames_info)
+        roi = self._region(scene, rig, frames_info)
         try:
             written = self._render_all(context, root, frames_info)
         except (OSError, RuntimeError, datasets.DatasetError) as exc:
             self.report({'ERROR'}, f"Render capture failed: {exc}")
             return {'CANCELLED'}
-        c, s = capture_math.normalization_from_sphere(center, radius)
-        from ._backend import protocol
-        protocol.write_json_atomic(root / "normalization.json", protocol.make_normalization(c, s))
+        write_normalization(root / "normalization.json", [c2w for _, _, c2w in frames_info], roi)
         self.report({'INFO'}, f"Rendered {written} views into {root}")
         return {'FINISHED'}
 
     @staticmethod
     def _region(scene, rig, frames_info):
-        """The region of interest: the rig's bounding sphere, else that of the renderable meshes,
-        else the cameras' own."""
-        if rig is not None and CENTER_KEY in rig and RADIUS_KEY in rig:
-            return np.array(rig[CENTER_KEY], dtype=np.float64), float(rig[RADIUS_KEY])
+        """The region of interest as (min, max) world corners: the rig's selection's bounding
+        box, else that of the renderable meshes; None (estimated from the cameras) without either."""
+        if rig is not None and ROI_MIN_KEY in rig and ROI_MAX_KEY in rig:
+            return np.array(rig[ROI_MIN_KEY], dtype=np.float64), np.array(rig[ROI_MAX_KEY], dtype=np.float64)
         depsgraph = bpy.context.evaluated_depsgraph_get()
         meshes = [obj for obj in scene.objects if obj.type == 'MESH' and not obj.hide_render]
         if meshes:
-            return capture_math.bounding_sphere(np.concatenate([world_points(o, depsgraph) for o in meshes]))
-        return capture_math.bounding_sphere(np.array([c2w[:3, 3] for _, _, c2w in frames_info]))
+            points = np.concatenate([world_points(o, depsgraph) for o in meshes])
+            return points.min(axis=0), points.max(axis=0)
+        return None
 
     def _render_all(self, context, root: Path, frames_info) -> int:
         scene = context.scene
@@ -276,6 +286,21 @@ class NEURALFIELDS_OT_render_capture(bpy.types.Operator):
                               "normal": "ViewLayer.Normal.XYZ (Blender's Normal pass)"}
         datasets.write_transforms(root / "transforms.json", frames, extra=meta or None)
         return len(frames)
+
+
+def write_normalization(path: Path, poses, roi) -> None:
+    """normalization.json for the region of interest (datasets' helpers when present)."""
+    if hasattr(datasets, "normalization_for_cameras"):
+        kwargs = {} if roi is None else {"roi_min": roi[0], "roi_max": roi[1]}
+        datasets.write_normalization(path, datasets.normalization_for_cameras(poses, **kwargs))
+        return
+    from ._backend import protocol
+    if roi is None:
+        center, radius = capture_math.bounding_sphere(np.array([c2w[:3, 3] for c2w in poses]))
+    else:
+        center, radius = capture_math.bounding_sphere(np.array(roi))
+    c, s = capture_math.normalization_from_sphere(center, radius)
+    protocol.write_json_atomic(path, protocol.make_normalization(c, s))
 
 
 def write_mask(png: Path, out: Path) -> None:

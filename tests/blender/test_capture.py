@@ -83,7 +83,10 @@ def test_normalization_covers_the_object(results):
     import json
     data = json.loads((Path(results["capture_dir"]) / "normalization.json").read_text())
     assert np.allclose(data["center"], results["rig_center"], atol=1e-6)
-    assert data["scale"] * results["rig_radius"] < 1.0
+    low, high = np.array(results["rig_bbox"])
+    assert np.allclose(data["center"], 0.5 * (low + high), atol=1e-5)
+    # the object's bounding box lands inside the unit box, with room to spare
+    assert 0.5 < data["scale"] * 0.5 * np.max(high - low) < 1.0
 
 
 def test_scene_settings_restored(results):

@@ -118,6 +118,7 @@ def main(args):
                        "clip": [cam.data.clip_start, cam.data.clip_end], "type": cam.data.type})
     out["rig_checks"] = checks
     out["rig_center"], out["rig_radius"] = center.tolist(), radius
+    out["rig_bbox"] = [points.min(0).tolist(), points.max(0).tolist()]
 
     # --- render capture of the rig (nothing selected: the most recent rig)
     common.make_active(None)
