@@ -59,6 +59,13 @@ def test_use_photos_round_trip(results):
     assert again["result"] == ["CANCELLED"] and "already holds a transforms.json" in again["error"]
 
 
+def test_use_photos_image_sequence_frame(results):
+    sequence = results["small"]["sequence"]
+    assert sequence["result"] == ["FINISHED"], sequence["error"]
+    assert sequence["same_as_3"]
+    assert sequence["blender_path"].endswith("shot_0003.png")  # Blender's own choice agrees
+
+
 def test_use_photos_refusals(results):
     bare = results["small"]["no_background"]
     assert bare["result"] == ["CANCELLED"]

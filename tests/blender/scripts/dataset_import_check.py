@@ -117,8 +117,12 @@ def main(args):
             out["lego"].update(check_cameras(objects, dataset, cameras, camera_io, scene))
             out["lego"]["images"] = len({o.data.background_images[0].image.name for o in objects})
             for obj in objects:
+                data = obj.data
                 bpy.data.objects.remove(obj)
+                bpy.data.cameras.remove(data)
             bpy.data.collections.remove(new[0])
+            for image in [image for image in bpy.data.images if image.name.startswith("r_")]:
+                bpy.data.images.remove(image)
 
     # (b) a small generated dataset, imported through its folder, then Use Photos
     small = work / "small"
@@ -150,6 +154,32 @@ def main(args):
                                       same_images=same_images,
                                       sizes=sorted({(f.intrinsics.w, f.intrinsics.h) for f in back.frames}),
                                       names=[f.name for f in back.frames])
+        # an image sequence background: the frame shown at the scene's current frame
+        seq = work / "sequence"
+        seq.mkdir()
+        for number in range(1, 6):
+            write_png(seq / f"shot_{number:04d}.png", 48, 32, 100 + number)
+        sequence = bpy.data.images.load(str(seq / "shot_0001.png"))
+        sequence.source = 'SEQUENCE'
+        seq_cam = objects[1]
+        background = seq_cam.data.background_images[0]
+        background.image = sequence
+        background.image_user.frame_duration = 5
+        background.image_user.frame_start = 10
+        background.image_user.frame_offset = 1
+        scene.frame_set(11)   # frame 11 - 10 + 1 = 2, offset 1 -> shot_0003.png
+        common.make_active(seq_cam)
+        seq_out = work / "written_sequence"
+        result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(seq_out))
+        info["sequence"] = {"result": result, "error": error,
+                            "blender_path": bpy.path.abspath(sequence.filepath_from_user(image_user=background.image_user))}
+        if (seq_out / "transforms.json").exists():
+            back = datasets.read_dataset(seq_out / "transforms.json")
+            info["sequence"]["same_as_3"] = (Path(back.frames[0].file_path).read_bytes()
+                                             == (seq / "shot_0003.png").read_bytes())
+        scene.frame_set(1)
+        for obj in objects:
+            obj.select_set(True)
         # a second write into the same folder is refused
         result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(written))
         info["use_photos_again"] = {"result": result, "error": error}
@@ -225,7 +255,9 @@ def main(args):
     try:
         scene.render.resolution_x, scene.render.resolution_y = 640, 480
         before = state()
-        result, error = run_op(bpy.ops.neural_fields.import_dataset, filepath=str(small / "transforms.json"))
+        fresh = work / "half_way"  # images not loaded yet, so the two before the failure are new ones
+        make_small(fresh)
+        result, error = run_op(bpy.ops.neural_fields.import_dataset, filepath=str(fresh / "transforms.json"))
         out["half_way"] = {"result": result, "error": error, "calls": len(calls),
                            "unchanged": state() == before, "before": before, "after": state()}
     finally:
