@@ -9,7 +9,8 @@
   represent); any problem is reported and nothing is created.
 - "Use Photos" (``neural_fields.use_photos``): the selected cameras' background images
   become a dataset folder (images/NNNN.<ext> + transforms.json) with the cameras' own
-  intrinsics and poses.
+  intrinsics and poses. An image sequence or movie clip gives the frame it shows at the
+  scene's current frame; a movie's frame is decoded by Blender and saved as a PNG.
 """
 
 from __future__ import annotations
@@ -263,8 +264,118 @@ def _sequence_frame(image, user, scene) -> int:
     return frame + user.frame_offset
 
 
-def background_photo(obj, scene) -> Path:
-    """The image file of ``obj``'s (first usable) background image at the scene's frame."""
+@dataclass(frozen=True)
+class MovieFrame:
+    """One frame of a movie file (a camera's background movie clip at the scene's frame)."""
+
+    path: Path
+    index: int              # 0-based frame of the file, as Blender decodes it
+    size: tuple[int, int]
+    camera: str
+
+
+def _movie_clip(background, scene):
+    """The clip a MOVIE_CLIP background shows: its own, or with "Camera Clip" the one Blender's
+    viewport takes (BKE_object_movieclip_get): the scene camera's Camera Solver constraint's clip
+    (the first one not muted), else the scene's active clip."""
+    if not background.use_camera_clip:
+        return background.clip
+    if scene.camera is None:
+        return None
+    solver = None
+    for constraint in scene.camera.constraints:
+        if constraint.type == 'CAMERA_SOLVER' and (solver is None or solver.mute):
+            solver = constraint
+    if solver is not None and not solver.use_active_clip:
+        return solver.clip
+    return scene.active_clip
+
+
+def _clip_photo(obj, clip, scene):
+    """The file (image sequence) or MovieFrame (movie) ``clip`` shows at the scene's current frame.
+
+    Blender's mapping (movieclip.cc): frame ``scene - clip.frame_start + clip.frame_offset`` of the
+    movie (0-based), or that plus the number in the clip's file name for an image sequence."""
+    path = Path(bpy.path.abspath(clip.filepath, library=clip.library))
+    index = scene.frame_current - clip.frame_start + clip.frame_offset
+    if clip.source == 'SEQUENCE':
+        match = _NUMBER.search(path.name)
+        if match is not None:
+            digits = match.group(1)
+            number = int(digits) + index
+            if number < 0:
+                raise ImportFailed(f"Camera '{obj.name}': movie clip '{clip.name}' has no image for scene frame "
+                                   f"{scene.frame_current}")
+            path = path.with_name(path.name[:match.start()] + f"{number:0{len(digits)}d}" + path.name[match.end():])
+        if not path.is_file():
+            raise ImportFailed(f"Camera '{obj.name}': the image {path} of its background movie clip "
+                               f"'{clip.name}' at scene frame {scene.frame_current} is missing")
+        return path
+    if not path.is_file():
+        raise ImportFailed(f"Camera '{obj.name}': the movie file {path} of its background movie clip "
+                           f"'{clip.name}' is missing")
+    duration = clip.frame_duration
+    if not 0 <= index < duration:
+        first = clip.frame_start - clip.frame_offset
+        raise ImportFailed(f"Camera '{obj.name}': its background movie clip '{clip.name}' shows nothing at scene "
+                           f"frame {scene.frame_current} (its {duration} frames are at scene frames "
+                           f"{first}-{first + duration - 1}); set the scene frame to one of them")
+    return MovieFrame(path=path, index=index, size=(int(clip.size[0]), int(clip.size[1])), camera=obj.name)
+
+
+def write_movie_frame(frame: MovieFrame, target: Path) -> None:
+    """Decode ``frame`` with Blender (no render, no GPU) and save it as a PNG of the same size.
+
+    The movie is loaded as a fresh image datablock (source MOVIE); an image texture's
+    ``evaluate`` acquires the wanted frame through its image user, after which the image's
+    ``pixels`` are that frame (Blender reads a movie image without a user at its last frame).
+    Every datablock made here is removed again."""
+    import numpy as np
+
+    movie = texture = out = None
+    try:
+        movie = bpy.data.images.load(str(frame.path), check_existing=False)
+        if movie.source != 'MOVIE':
+            raise ImportFailed(f"Camera '{frame.camera}': Blender does not read {frame.path.name} as a movie")
+        texture = bpy.data.textures.new(".neural_fields_movie_frame", 'IMAGE')
+        texture.image = movie
+        user = texture.image_user
+        # whatever the scene frame, this user shows frame index + 1 (1-based) of the movie
+        user.use_cyclic = False
+        user.frame_start = 1
+        user.frame_duration = 1
+        user.frame_offset = frame.index
+        user.frame_current = frame.index + 1
+        texture.evaluate((0.0, 0.0, 0.0))
+        w, h = movie.size[:]
+        if (w, h) != frame.size:
+            raise ImportFailed(f"Camera '{frame.camera}': frame {frame.index + 1} of {frame.path.name} is "
+                               f"{w}x{h}, not {frame.size[0]}x{frame.size[1]}")
+        pixels = np.empty(w * h * movie.channels, dtype=np.float32)
+        movie.pixels.foreach_get(pixels)
+        out = bpy.data.images.new(".neural_fields_movie_frame", w, h, alpha=False, float_buffer=movie.is_float)
+        if movie.is_float:
+            out.colorspace_settings.name = movie.colorspace_settings.name
+        if movie.channels != 4:
+            pixels = np.concatenate([pixels.reshape(-1, movie.channels)[:, :3],
+                                     np.ones((w * h, 1), np.float32)], axis=1).ravel()
+        out.pixels.foreach_set(pixels)
+        out.filepath_raw = str(target)
+        out.file_format = 'PNG'
+        out.save()
+    except RuntimeError as exc:
+        raise ImportFailed(f"Camera '{frame.camera}': cannot read frame {frame.index + 1} of "
+                           f"{frame.path.name}: {exc}") from None
+    finally:
+        if texture is not None:
+            bpy.data.textures.remove(texture)
+        for image in (movie, out):
+            if image is not None:
+                bpy.data.images.remove(image)
+
+
+def background_photo(obj, scene) -> Path | MovieFrame:
+    """The image file (or movie frame) of ``obj``'s (first usable) background at the scene's frame."""
     data = obj.data
     for background in data.background_images:
         if background.source == 'IMAGE' and background.image is not None:
@@ -287,10 +398,10 @@ def background_photo(obj, scene) -> Path:
             if not path.is_file():
                 raise ImportFailed(f"Camera '{obj.name}': its background image file {path} is missing")
             return path
-        if background.source == 'MOVIE_CLIP' and background.clip is not None:
-            raise ImportFailed(f"Camera '{obj.name}': its background is a movie clip "
-                               f"('{background.clip.name}'); movie clips are not supported yet, "
-                               "use an image or image sequence")
+        if background.source == 'MOVIE_CLIP':
+            clip = _movie_clip(background, scene)
+            if clip is not None:
+                return _clip_photo(obj, clip, scene)
     raise ImportFailed(f"Camera '{obj.name}' has no background image to use as its photo")
 
 
@@ -313,20 +424,27 @@ def use_photos(context, objects, directory) -> Path:
         except CameraError as exc:
             raise ImportFailed(str(exc)) from None
         source = background_photo(obj, scene)
-        try:
-            size = datasets.image_size(source)
-        except DatasetError as exc:
-            raise ImportFailed(f"Camera '{obj.name}': {exc}") from None
+        if isinstance(source, MovieFrame):
+            size, what, suffix = source.size, f"{source.path.name} (frame {source.index + 1})", ".png"
+        else:
+            try:
+                size = datasets.image_size(source)
+            except DatasetError as exc:
+                raise ImportFailed(f"Camera '{obj.name}': {exc}") from None
+            what = source.name
+            suffix = source.suffix.lower() if source.suffix.lower() in datasets.IMAGE_SUFFIXES else ".png"
         if tuple(size) != (intr.w, intr.h):
-            raise ImportFailed(f"Camera '{obj.name}': its photo {source.name} is {size[0]}x{size[1]} pixels but "
+            raise ImportFailed(f"Camera '{obj.name}': its photo {what} is {size[0]}x{size[1]} pixels but "
                                f"the scene renders {intr.w}x{intr.h}; set the output resolution to the photo's")
-        suffix = source.suffix.lower() if source.suffix.lower() in datasets.IMAGE_SUFFIXES else ".png"
         plans.append((obj, intr, c2w, source, f"images/{index:04d}{suffix}"))
     frames = []
     try:
         (root / "images").mkdir(parents=True, exist_ok=True)
         for obj, intr, c2w, source, name in plans:
-            shutil.copyfile(source, root / name)
+            if isinstance(source, MovieFrame):
+                write_movie_frame(source, root / name)
+            else:
+                shutil.copyfile(source, root / name)
             frames.append(datasets.Frame(file_path=name, c2w=c2w, intrinsics=intr,
                                          extra={"blender_camera": obj.name}))
         datasets.write_transforms(root / "transforms.json", frames)

@@ -70,11 +70,48 @@ def test_use_photos_refusals(results):
     assert bare["result"] == ["CANCELLED"]
     assert "Camera 'Bare Camera' has no background image" in bare["error"]
     assert not bare["written"]
+
+
+def test_use_photos_movie_clip_of_one_image(results):
+    still = results["small"]["movie_clip_still"]
+    assert still["source"] == "SEQUENCE"
+    assert still["result"] == ["FINISHED"], still["error"]
+    assert still["same_as_view_0"]
+
+
+# the frames of the movie made in the check script: red, green, blue, yellow, cyan
+MOVIE_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+
+
+@pytest.fixture(scope="module")
+def movie(results):
     clip = results["small"]["movie_clip"]
     if "skipped" in clip:
-        pytest.skip(f"could not load a movie clip here: {clip['skipped']}")
-    assert clip["result"] == ["CANCELLED"] and "movie clip" in clip["error"]
-    assert not clip["written"]
+        pytest.skip(f"no movie could be made here: {clip['skipped']}")
+    assert clip["source"] == "MOVIE"
+    assert clip["size"] == [48, 32] and clip["duration"] == 5
+    return clip["runs"]
+
+
+@pytest.mark.parametrize("label, frame", [("frame_11", 2), ("frame_13", 4), ("camera_clip_10", 1)])
+def test_use_photos_movie_clip_frame(movie, label, frame):
+    """Scene frame f shows movie frame f - frame_start + frame_offset (0-based), as Blender does."""
+    run = movie[label]
+    assert run["result"] == ["FINISHED"], run["error"]
+    assert run["names"] == ["images/0000.png"]
+    assert run["size"] == [48, 32] and run["intrinsics_size"] == [48, 32]
+    assert run["spread"] < 12, run                      # a flat frame, up to codec noise
+    want = MOVIE_COLOURS[frame]
+    assert max(abs(a - b) for a, b in zip(run["colour"], want)) < 12, (run["colour"], want)
+    assert run["unchanged"], (run["before"], run["after"])
+
+
+def test_use_photos_movie_clip_past_its_end(movie):
+    run = movie["frame_14"]
+    assert run["result"] == ["CANCELLED"]
+    assert "shows nothing at scene frame 14" in run["error"] and "9-13" in run["error"], run["error"]
+    assert not run["written"]
+    assert run["unchanged"], (run["before"], run["after"])
 
 
 @pytest.mark.parametrize("case, words", [

@@ -3,7 +3,8 @@
 (a) the lego train set (when given): cameras, intrinsics, poses, background images;
 (b) a generated small dataset: exact cameras, then Use Photos writes it back;
 (c) bad datasets: a clear message and nothing created;
-(d) Use Photos refusals: a camera without a background image, a movie clip.
+(d) Use Photos refusals: a camera without a background image;
+(e) Use Photos with movie clips: a one-image clip, a movie made here (frame per scene frame).
 """
 
 import json
@@ -91,6 +92,102 @@ def make_small(folder: Path, w=48, h=32):
     data = {"fl_x": 55.5, "fl_y": 55.5, "cx": 25.0, "cy": 15.5, "w": w, "h": h, "frames": frames}
     (folder / "transforms.json").write_text(json.dumps(data, indent=1))
     return data
+
+
+MOVIE_COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1)]
+
+
+def make_movie(folder: Path, w, h, colours):
+    """An H.264 MPEG-4 movie with one flat colour per frame, rendered by Blender's sequencer in a
+    scene of its own (no 3D render, no GPU); that scene is removed again."""
+    maker = bpy.data.scenes.new("movie maker")
+    try:
+        render = maker.render
+        render.resolution_x, render.resolution_y, render.resolution_percentage = w, h, 100
+        render.fps, render.fps_base = 24, 1.0
+        maker.view_settings.view_transform = 'Standard'
+        maker.view_settings.look = 'None'
+        editor = maker.sequence_editor_create()
+        for number, colour in enumerate(colours, start=1):
+            strip = editor.strips.new_effect(name=f"colour {number}", type='COLOR', channel=1,
+                                             frame_start=number, frame_end=number + 1)
+            strip.color = colour
+        maker.frame_start, maker.frame_end = 1, len(colours)
+        render.image_settings.file_format = 'FFMPEG'
+        render.ffmpeg.format = 'MPEG4'
+        render.ffmpeg.codec = 'H264'
+        render.ffmpeg.constant_rate_factor = 'PERC_LOSSLESS'
+        folder.mkdir(parents=True, exist_ok=True)
+        render.filepath = str(folder / "colours_")
+        bpy.ops.render.render(animation=True, scene=maker.name)
+    finally:
+        bpy.data.scenes.remove(maker)
+    movies = sorted(folder.glob("colours_*.mp4"))
+    if len(movies) != 1:
+        raise RuntimeError(f"expected one movie in {folder}: {sorted(p.name for p in folder.iterdir())}")
+    return movies[0]
+
+
+def blend_state():
+    """What Use Photos must leave as it was."""
+    scene = bpy.context.scene
+    return {"images": sorted(i.name for i in bpy.data.images),
+            "textures": sorted(t.name for t in bpy.data.textures),
+            "scenes": sorted(s.name for s in bpy.data.scenes),
+            "clips": sorted(c.name for c in bpy.data.movieclips),
+            "frame": scene.frame_current,
+            "active_clip": scene.active_clip.name if scene.active_clip else None}
+
+
+def png_colour(path: Path):
+    """(size, mean RGB 0-255, largest deviation from that mean) of a written PNG."""
+    from PIL import Image
+    with Image.open(path) as image:
+        size = list(image.size)
+        pixels = np.asarray(image.convert("RGB"), dtype=float).reshape(-1, 3)
+    mean = pixels.mean(axis=0)
+    return size, mean.tolist(), float(np.abs(pixels - mean).max())
+
+
+def movie_clip_cases(work: Path, cam, background, datasets):
+    """A camera whose background is a movie clip: the colour of the frame shown, per scene frame."""
+    scene = bpy.context.scene
+    if not bpy.app.build_options.codec_ffmpeg:
+        return {"skipped": "this bpy has no FFmpeg"}
+    w, h = scene.render.resolution_x, scene.render.resolution_y
+    movie = make_movie(work / "movie", w, h, MOVIE_COLOURS)
+    clip = bpy.data.movieclips.load(str(movie))
+    clip.frame_start = 10
+    clip.frame_offset = 1      # scene frame f shows movie frame f - 10 + 1 (0-based)
+    background.clip = clip
+    out = {"source": clip.source, "size": list(clip.size), "duration": clip.frame_duration, "runs": {}}
+
+    def run(label, frame):
+        scene.frame_set(frame)
+        before = blend_state()
+        folder = work / f"clip_{label}"
+        result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(folder))
+        entry = {"result": result, "error": error, "unchanged": blend_state() == before,
+                 "before": before, "after": blend_state(), "written": folder.exists()}
+        if (folder / "transforms.json").exists():
+            back = datasets.read_dataset(folder / "transforms.json")
+            entry["names"] = [f.name for f in back.frames]
+            entry["intrinsics_size"] = [back.frames[0].intrinsics.w, back.frames[0].intrinsics.h]
+            entry["size"], entry["colour"], entry["spread"] = png_colour(Path(back.frames[0].file_path))
+        out["runs"][label] = entry
+
+    run("frame_11", 11)        # movie frame 2: blue
+    run("frame_13", 13)        # movie frame 4: cyan
+    run("frame_14", 14)        # past the end: refused
+    # the camera's clip is the scene's active clip
+    background.clip = None
+    background.use_camera_clip = True
+    scene.active_clip = clip
+    run("camera_clip_10", 10)  # movie frame 1: green
+    scene.active_clip = None
+    background.use_camera_clip = False
+    scene.frame_set(1)
+    return out
 
 
 def main(args):
@@ -191,18 +288,23 @@ def main(args):
         result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(refused))
         info["no_background"] = {"result": result, "error": error, "written": refused.exists()}
         bare.select_set(False)
-        # a movie clip background: a clear message
+        # a movie clip of one image (a one-frame image sequence): that image, unchanged
         clip_cam = objects[0]
         background = clip_cam.data.background_images[0]
         background.source = 'MOVIE_CLIP'
-        try:
-            clip = bpy.data.movieclips.load(str(small / "images" / "view_0.png"))
-            background.clip = clip
-            result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(work / "clip"))
-            info["movie_clip"] = {"result": result, "error": error, "written": (work / "clip").exists()}
-        except Exception as exc:  # noqa: BLE001
-            info["movie_clip"] = {"skipped": str(exc)}
+        common.make_active(clip_cam)
+        still = bpy.data.movieclips.load(str(small / "images" / "view_0.png"))
+        background.clip = still
+        result, error = run_op(bpy.ops.neural_fields.use_photos, directory=str(work / "clip_still"))
+        info["movie_clip_still"] = {"result": result, "error": error, "source": still.source}
+        if (work / "clip_still" / "transforms.json").exists():
+            back = datasets.read_dataset(work / "clip_still" / "transforms.json")
+            info["movie_clip_still"]["same_as_view_0"] = (Path(back.frames[0].file_path).read_bytes()
+                                                          == (small / "images" / "view_0.png").read_bytes())
+        # a movie clip of a real movie (made here by Blender): the frame shown at the scene's frame
+        info["movie_clip"] = movie_clip_cases(work, clip_cam, background, datasets)
         background.source = 'IMAGE'
+        common.make_active(None)
 
     # (b2) the same cameras as a COLMAP text model (sparse/0), when the add-on has colmap.py
     try:
