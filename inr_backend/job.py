@@ -101,7 +101,8 @@ class JobContext:
         self.started = time.monotonic()
         self.current_phase = "starting"
         self.checkpoint_dir = job_dir / protocol.CHECKPOINTS_DIR
-        self._last_progress = 0.0
+        self._last_progress = 0.0          # when the last training progress was sent
+        self._training_started = None       # (time, step) of the first reported step, for the eta
 
     def input_path(self, name: str) -> Path:
         return protocol.resolve_inside(self.job_dir, self.job["inputs"][name])
@@ -138,13 +139,15 @@ class JobContext:
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_INTERVAL and step != total:
             return
-        if self._last_progress == 0.0:
-            self._training_started, self._first_step = now, step
+        if self._training_started is None:
+            self._training_started = (now, step)
         self._last_progress = now
-        rate = (step - self._first_step) / max(now - self._training_started, 1e-9)
-        eta = (total - step) / rate if rate > 0 else None
-        self.reporter.send("progress", phase=self.current_phase, step=step, total=total,
-                           loss=float(loss.detach()) if hasattr(loss, "detach") else float(loss), elapsed=self.elapsed(), eta=None if eta is None else round(eta, 2))
+        started_at, first_step = self._training_started
+        rate = (step - first_step) / max(now - started_at, 1e-9)
+        eta = round((total - step) / rate, 2) if rate > 0 else None
+        loss_value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)  # a tensor or a number
+        self.reporter.send("progress", phase=self.current_phase, step=step, total=total, loss=loss_value,
+                           elapsed=self.elapsed(), eta=eta)
 
     def heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(0.25):

@@ -73,7 +73,7 @@ def sample_surface(vertices, faces, n: int, *, generator: torch.Generator | None
 
 def sample_sdf(vertices, faces, *, n_surface: int, n_near: int, n_uniform: int,
                near_sigmas: tuple[float, ...] = (0.01, 0.002), bounds: float = 1.0, seed: int = 0,
-               device=None, distance_k: int = 8) -> SdfSamples:
+               device=None, distance_k: int = 8, winding: FastWindingNumber | None = None) -> SdfSamples:
     """Training samples for the mesh (in the unit box), as float32 tensors on ``device``.
 
       * n_surface points on the surface (sdf 0),
@@ -81,6 +81,7 @@ def sample_sdf(vertices, faces, *, n_surface: int, n_near: int, n_uniform: int,
         (a wide sigma teaches the field's slope, a narrow one pins the zero level),
       * n_uniform points uniform in [-bounds, bounds]^3 (the far field).
     Random numbers come from a CPU generator seeded with ``seed``: same samples on any device.
+    ``winding``: a FastWindingNumber of this mesh to reuse (the caller may need it again).
     """
     vertices = vertices if torch.is_tensor(vertices) else torch.as_tensor(np.asarray(vertices))
     faces = faces if torch.is_tensor(faces) else torch.as_tensor(np.asarray(faces))
@@ -94,7 +95,8 @@ def sample_sdf(vertices, faces, *, n_surface: int, n_near: int, n_uniform: int,
 
     off_surface = torch.cat([near, uniform])
     distance = MeshDistance(vertices, faces)(off_surface, k=distance_k)
-    inside = FastWindingNumber(vertices, faces)(off_surface) > 0.5
+    winding = winding if winding is not None else FastWindingNumber(vertices, faces)
+    inside = winding(off_surface) > 0.5
     sdf = torch.where(inside, -distance, distance)
 
     points = torch.cat([surface, off_surface]).to(torch.float32)

@@ -24,7 +24,7 @@ from ..geometry.extract import extract_mesh, to_world
 from ..geometry.mesh import is_watertight, load_mesh, normalization_for
 from ..geometry.metrics import mesh_metrics, uniform_points_in_box, volume_iou
 from ..geometry.sampling import sample_sdf
-from ..geometry.winding import inside_mask
+from ..geometry.winding import FastWindingNumber
 from ..plyio import write_ply
 from ..protocol import make_normalization
 
@@ -271,9 +271,12 @@ def run_sdf_job(ctx) -> dict:
     clock = time.perf_counter()
     torch.manual_seed(config.seed)
     device = ctx.device
+    # One winding-number structure serves the training signs and the IoU metric.
+    winding = FastWindingNumber(torch.as_tensor(unit_vertices, dtype=torch.float32, device=device),
+                                torch.as_tensor(faces, device=device))
     samples = sample_sdf(unit_vertices, faces, n_surface=config.sampling.n_surface, n_near=config.sampling.n_near,
                          n_uniform=config.sampling.n_uniform, near_sigmas=config.sampling.near_sigmas,
-                         seed=config.seed, device=device)
+                         seed=config.seed, device=device, winding=winding)
     ctx.sync()
     timings["sampling"] = time.perf_counter() - clock
     ctx.check_cancel()
@@ -306,7 +309,7 @@ def run_sdf_job(ctx) -> dict:
     metrics["final_loss"] = stats["loss"]
     metrics["source_watertight"] = bool(is_watertight(vertices, faces))
     if metrics["source_watertight"]:
-        metrics["iou"] = _volume_iou(sdf_fn, unit_vertices, faces, config, device)
+        metrics["iou"] = _volume_iou(sdf_fn, unit_vertices, winding, config, device)
     metrics["n_vertices"] = int(len(world_out))
     metrics["n_faces"] = int(len(faces_out))
     timings["metrics"] = time.perf_counter() - clock
@@ -315,15 +318,14 @@ def run_sdf_job(ctx) -> dict:
 
 
 @torch.no_grad()
-def _volume_iou(sdf_fn, unit_vertices: np.ndarray, faces: np.ndarray, config: SdfConfig, device) -> float:
+def _volume_iou(sdf_fn, unit_vertices: np.ndarray, winding: FastWindingNumber, config: SdfConfig, device) -> float:
     """IoU of {field < level} and the source's inside (winding number > 1/2) on uniform points
     in the source's bounding box (padded by 5% so thin outer shells count)."""
     lo, hi = unit_vertices.min(0), unit_vertices.max(0)
     pad = 0.05 * (hi - lo)
     points = uniform_points_in_box(lo - pad, hi + pad, config.metrics.n_iou_points, seed=config.seed + 1)
     points = torch.as_tensor(points, dtype=torch.float32, device=device)
-    reference = inside_mask(points, torch.as_tensor(unit_vertices, dtype=torch.float32, device=device),
-                            torch.as_tensor(faces, device=device))
+    reference = winding(points) > 0.5
     predicted = torch.cat([sdf_fn(chunk) < config.extract.level for chunk in points.split(2 ** 18)])
     return float(volume_iou(predicted.cpu().numpy(), reference.cpu().numpy()))
 
