@@ -1,8 +1,8 @@
 """Where the backend lives, seen from the add-on (no bpy).
 
 The installable zip carries a copy of the whole ``inr_backend`` package at
-``_vendor/inr_backend/`` (build_addon.py puts it there). The add-on imports the protocol and
-PLY modules from that copy, and starts the backend from it too (the child gets the ``_vendor``
+``_vendor/inr_backend/`` (build_addon.py puts it there). The add-on imports the protocol, PLY,
+camera and dataset modules (numpy-only) from that copy, and starts the backend from it too (the child gets the ``_vendor``
 folder on its PYTHONPATH), so the add-on and the backend it talks to always come from the
 same release. In a source checkout there is no ``_vendor`` folder: the installed
 ``inr_backend`` package is used instead and ``BACKEND_PYTHONPATH`` is None.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 
 try:
-    from ._vendor.inr_backend import plyio, protocol
+    from ._vendor.inr_backend import cameras, datasets, plyio, protocol
     BACKEND_PYTHONPATH: str | None = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 except ImportError:  # a source checkout: the backend is installed next to the add-on
-    from inr_backend import plyio, protocol  # type: ignore[no-redef]
+    from inr_backend import cameras, datasets, plyio, protocol  # type: ignore[no-redef]
     BACKEND_PYTHONPATH = None
 
-__all__ = ["protocol", "plyio", "BACKEND_PYTHONPATH"]
+__all__ = ["cameras", "datasets", "protocol", "plyio", "BACKEND_PYTHONPATH"]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cameras import CameraError, CameraModel, check_camera_type, validate_camera_matrix
+from ._backend import cameras
+
+CameraError, CameraModel = cameras.CameraError, cameras.CameraModel
+check_camera_type, validate_camera_matrix = cameras.check_camera_type, cameras.validate_camera_matrix
 
 
 def _camera_data(obj):

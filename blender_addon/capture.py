@@ -19,9 +19,10 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from mathutils import Matrix
 
-from . import capture_math, datasets
+from . import capture_math
+from ._backend import cameras, datasets
 from .camera_io import camera_model_from_object, camera_to_world
-from .cameras import CameraError, CameraModel, intrinsics_from_camera
+CameraError, CameraModel, intrinsics_from_camera = cameras.CameraError, cameras.CameraModel, cameras.intrinsics_from_camera
 
 RIG_NAME = "Capture Rig"
 RIG_KEY = "neural_fields_rig"           # collection custom property: creation order (most recent = largest)

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cameras import Intrinsics, opencv_to_opengl
-from .datasets import Dataset, DatasetError, Frame, confined_path
+from ._backend import cameras, datasets
+
+Intrinsics, opencv_to_opengl = cameras.Intrinsics, cameras.opencv_to_opengl
+Dataset, DatasetError, Frame, confined_path = datasets.Dataset, datasets.DatasetError, datasets.Frame, datasets.confined_path
 
 # model name -> (number of params, names of the params)
 CAMERA_MODELS: dict[str, tuple[str, ...]] = {

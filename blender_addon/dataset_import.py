@@ -26,9 +26,11 @@ import bpy
 from bpy.props import StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from . import camera_io, cameras, datasets
-from .cameras import CameraError, CameraModel, Intrinsics
-from .datasets import DatasetError
+from . import camera_io
+from ._backend import cameras, datasets
+
+CameraError, CameraModel, Intrinsics = cameras.CameraError, cameras.CameraModel, cameras.Intrinsics
+DatasetError = datasets.DatasetError
 
 TRANSFORMS_NAMES = ("transforms.json", "transforms_train.json")
 BACKGROUND_ALPHA = 0.5

@@ -198,9 +198,19 @@ def _setup_logging(job_dir: Path) -> logging.Handler:
 
 def _task_runner(task: str) -> tuple[Callable[[dict], Any], Callable[[JobContext], dict]]:
     """(resolve_config, run) for a task; imported lazily so a missing torch is reported cleanly."""
+    # Each task module has resolve_config(user: dict) -> config and run(ctx) -> result fields.
     if task == "sdf":
         from .tasks import sdf
         return sdf.resolve_config, sdf.run_sdf_job
+    if task == "occupancy":
+        from .tasks import occupancy
+        return occupancy.resolve_config, occupancy.run_occupancy_job
+    if task == "image":
+        from .tasks import image
+        return image.resolve_config, image.run_image_job
+    if task == "nerf":
+        from .tasks import nerf
+        return nerf.resolve_config, nerf.run_nerf_job
     raise protocol.ProtocolError(f"task {task!r} is not implemented by this backend")
 
 

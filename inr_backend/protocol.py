@@ -32,7 +32,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-TASKS = ("sdf",)
+TASKS = ("sdf", "occupancy", "image", "nerf")
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blender_addon import capture_math as cm
-from blender_addon.cameras import Intrinsics, opengl_to_opencv
+from inr_backend.cameras import Intrinsics, opengl_to_opencv
 
 
 @pytest.mark.parametrize("layout", cm.LAYOUTS)

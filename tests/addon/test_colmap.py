@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from blender_addon import colmap, datasets
-from blender_addon.cameras import Intrinsics
-from blender_addon.datasets import DatasetError
+from blender_addon import colmap
+from inr_backend import datasets
+from inr_backend.cameras import Intrinsics
+from inr_backend.datasets import DatasetError
 
 FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 

@@ -378,7 +378,7 @@ def normalization_for_cameras(frames: Iterable[Any], *, roi_min=None, roi_max=No
     ``1 - padding``, so every camera lies inside the unit sphere and the object, which the
     cameras surround, is well inside the unit box.
     """
-    from ._backend import protocol
+    from . import protocol
 
     if not 0.0 <= padding < 1.0:
         raise DatasetError(f"padding must be in [0, 1), got {padding}")
@@ -420,7 +420,7 @@ def normalization_for_cameras(frames: Iterable[Any], *, roi_min=None, roi_max=No
 
 def write_normalization(path: str | os.PathLike, normalization: dict[str, Any]) -> Path:
     """Write normalization.json atomically (a reader sees the old file or the new one). Returns the path."""
-    from ._backend import protocol
+    from . import protocol
 
     path = Path(path)
     protocol.write_json_atomic(path, normalization)

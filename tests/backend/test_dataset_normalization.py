@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from blender_addon import datasets
-from blender_addon.datasets import DatasetError, Frame
+from inr_backend import datasets
+from inr_backend.datasets import DatasetError, Frame
 
 
 def apply(matrix, points):

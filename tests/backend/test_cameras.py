@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon import cameras, datasets
-from blender_addon.cameras import CameraError, CameraModel, Intrinsics
-from blender_addon.datasets import DatasetError, Frame
+from inr_backend import cameras, datasets
+from inr_backend.cameras import CameraError, CameraModel, Intrinsics
+from inr_backend.datasets import DatasetError, Frame
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LEGO_TRAIN = SHARED_DATA / "lego" / "transforms_train.json"
