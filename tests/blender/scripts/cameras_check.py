@@ -50,9 +50,9 @@ def our_pixels(intr, c2w_gl, points):
 def main(args):
     global common_cameras
     common.setup(args["zip"])
-    cameras = common_cameras = common.addon_module("cameras")
+    cameras = common_cameras = common.addon_module("_backend").cameras
     camera_io = common.addon_module("camera_io")
-    datasets = common.addon_module("datasets")
+    datasets = common.addon_module("_backend").datasets
     from pathlib import Path
     work = Path(args["work"])
 

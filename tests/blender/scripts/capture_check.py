@@ -55,8 +55,8 @@ def main(args):
     common.setup(args["zip"])
     capture = common.addon_module("capture")
     camera_io = common.addon_module("camera_io")
-    cameras = common.addon_module("cameras")
-    datasets = common.addon_module("datasets")
+    cameras = common.addon_module("_backend").cameras
+    datasets = common.addon_module("_backend").datasets
     work = Path(args["work"])
     out = {}
 

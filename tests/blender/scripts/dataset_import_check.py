@@ -192,9 +192,9 @@ def movie_clip_cases(work: Path, cam, background, datasets):
 
 def main(args):
     common.setup(args["zip"])
-    cameras = common.addon_module("cameras")
+    cameras = common.addon_module("_backend").cameras
     camera_io = common.addon_module("camera_io")
-    datasets = common.addon_module("datasets")
+    datasets = common.addon_module("_backend").datasets
     work = Path(args["work"])
     scene = bpy.context.scene
     out = {}
