@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution per axis (default 256)")
     fit.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced",
                      help="training budget: fast, balanced (default) or quality")
-    fit.add_argument("--network", choices=["hashgrid", "frequency", "siren"], default="hashgrid",
-                     help="hash grid + MLP (default), positional encoding + ReLU MLP, or SIREN")
+    fit.add_argument("--network", choices=["hashgrid", "frequency", "siren", "relu", "fourier"], default="hashgrid",
+                     help="hash grid + MLP (default), positional encoding + ReLU MLP, SIREN, plain ReLU MLP, "
+                          "or random Fourier features + ReLU MLP")
     fit.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA when present")
     fit.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

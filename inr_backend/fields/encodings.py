@@ -4,6 +4,9 @@ Each encoding has a config dataclass; ``make_encoding(config, in_dim)`` builds i
 
 - ``identity``: the coordinates themselves (for SIREN, which needs no encoding).
 - ``frequency``: NeRF's positional encoding, sin/cos at octave frequencies.
+- ``fourier``: random Gaussian Fourier features (Tancik et al. 2020), sin/cos of 2 pi B x
+  with B ~ N(0, sigma^2) drawn from a seed; B is a persistent buffer, so it is saved with
+  the checkpoint and a loaded field does not depend on the random generator's history.
 - ``hashgrid``: instant-ngp's multiresolution hash encoding (Müller et al. 2022), in plain
   PyTorch. Its gather/trilinear maths is in ``hash_grid_interpolate``, a pure function that a
   fast kernel can replace and be tested against.
@@ -28,6 +31,17 @@ class FrequencyEncodingConfig:
     kind: str = "frequency"
     n_frequencies: int = 8      # octaves: sin(2^k * pi * x), k = 0..n-1
     include_input: bool = True
+
+
+@dataclass
+class FourierFeatureConfig:
+    kind: str = "fourier"
+    n_features: int = 256       # rows of B: the encoding has 2 * n_features outputs (sin and cos)
+    # Standard deviation of B's entries, in cycles per unit of the input (coordinates span
+    # [-1, 1], 2 units). Tancik et al.'s sigma = 10 on [0, 1] images is sigma = 5 here. Too
+    # small blurs, too large overfits the samples with noise between them.
+    sigma: float = 5.0
+    seed: int = 0               # B is drawn from its own generator: same seed, same B on any device
 
 
 @dataclass
@@ -62,6 +76,28 @@ class FrequencyEncoding(nn.Module):
         angles = (x[..., None] * self.frequencies).flatten(-2)  # (N, D*F)
         parts = [x] if self.include_input else []
         return torch.cat(parts + [torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def fourier_feature_matrix(config: FourierFeatureConfig, in_dim: int) -> torch.Tensor:
+    """(n_features, in_dim) float32 Gaussian matrix B ~ N(0, sigma^2), a function of the seed only."""
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    return torch.randn(config.n_features, in_dim, generator=generator) * config.sigma
+
+
+class FourierFeatureEncoding(nn.Module):
+    def __init__(self, config: FourierFeatureConfig, in_dim: int):
+        super().__init__()
+        if config.n_features < 1 or config.sigma <= 0:
+            raise ValueError(f"fourier features need n_features >= 1 and sigma > 0, "
+                             f"got {config.n_features} and {config.sigma}")
+        # Persistent: the checkpoint carries B, so loading never re-draws it.
+        self.register_buffer("matrix", fourier_feature_matrix(config, in_dim))
+        self.out_dim = 2 * config.n_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, D) -> (N, 2M): [sin(2 pi x B^T), cos(2 pi x B^T)]."""
+        angles = (2.0 * math.pi) * (x @ self.matrix.T.to(x.dtype))   # (N, M)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 # Primes from instant-ngp's spatial hash (the first is 1 so neighbouring x stay coherent in memory).
@@ -179,9 +215,27 @@ class HashGridEncoding(nn.Module):
 ENCODINGS = {
     "identity": (IdentityEncodingConfig, IdentityEncoding),
     "frequency": (FrequencyEncodingConfig, FrequencyEncoding),
+    "fourier": (FourierFeatureConfig, FourierFeatureEncoding),
     "hashgrid": (HashGridConfig, HashGridEncoding),
 }
 
 
+def encoding_config_from_dict(data: dict):
+    """An encoding config from its dict (``asdict`` of one); missing fields take defaults.
+
+    Raises ValueError for an unknown kind or field, so a typo in a config is not ignored.
+    """
+    kind = data.get("kind")
+    if kind not in ENCODINGS:
+        raise ValueError(f"unknown encoding kind {kind!r}: choose {', '.join(ENCODINGS)}")
+    config_type = ENCODINGS[kind][0]
+    try:
+        return config_type(**data)
+    except TypeError as exc:
+        raise ValueError(f"bad {kind} encoding config: {exc}") from None
+
+
 def make_encoding(config, in_dim: int) -> nn.Module:
+    if config.kind not in ENCODINGS:
+        raise ValueError(f"unknown encoding kind {config.kind!r}: choose {', '.join(ENCODINGS)}")
     return ENCODINGS[config.kind][1](config, in_dim)

@@ -1,24 +1,34 @@
 """Coordinate networks: an encoding followed by an MLP, mapping coordinates to named channels.
 
 A ``Field`` maps points (N, D) in [-1, 1]^D to a dict of channels, e.g. ``{"sdf": (N,)}``.
-Renderers and extractors only see callables, so any encoding/MLP combination fits any task.
+Renderers and extractors only see callables, so any encoding/MLP combination fits any task,
+and any dimension D (3 for shapes and radiance fields, 2 for images).
 
-Networks (``FieldConfig.network``, the names the add-on and CLI offer):
-- ``hashgrid``:  multiresolution hash grid + small ReLU MLP (the default; fast, detailed).
+One family: an encoding (``identity`` | ``frequency`` | ``fourier`` | ``hashgrid``, see
+encodings.py) times an MLP kind (``relu`` | ``siren``). ``FieldConfig`` holds one of each;
+``field_config_from_dict`` rebuilds any combination. Named defaults (``FieldConfig.network``,
+the names the add-on and CLI offer; ``field_config_for(name)``):
+- ``relu``:      raw coordinates + ReLU MLP (the spectral-bias baseline: smooth, blurry).
+- ``fourier``:   random Fourier features + ReLU MLP (Tancik et al. 2020).
 - ``frequency``: positional encoding + ReLU MLP (NeRF-style; smooth, slower to learn detail).
 - ``siren``:     sine-activated MLP with its initialisation (Sitzmann et al. 2020).
+- ``hashgrid``:  multiresolution hash grid + small ReLU MLP (the default; fast, detailed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .encodings import (FrequencyEncodingConfig, HashGridConfig, IdentityEncodingConfig,
-                        make_encoding)
+from .encodings import (FourierFeatureConfig, FrequencyEncodingConfig, HashGridConfig, IdentityEncodingConfig,
+                        encoding_config_from_dict, make_encoding)
+
+MLP_KINDS = ("relu", "siren")
+NETWORKS = ("relu", "fourier", "frequency", "siren", "hashgrid")
 
 
 @dataclass
@@ -32,7 +42,7 @@ class MlpConfig:
 
 @dataclass
 class FieldConfig:
-    network: str = "hashgrid"
+    network: str = "hashgrid"      # a name from NETWORKS, or any label for a custom combination
     encoding: object = field(default_factory=HashGridConfig)
     mlp: MlpConfig = field(default_factory=MlpConfig)
     include_input: bool = True     # concatenate raw coordinates to the encoding (helps hash grids)
@@ -42,7 +52,7 @@ class FieldConfig:
 
 
 def field_config_for(network: str) -> FieldConfig:
-    """The default FieldConfig of a named network."""
+    """The default FieldConfig of a named network (one of NETWORKS); the same for any in_dim."""
     if network == "hashgrid":
         return FieldConfig(network, HashGridConfig(), MlpConfig("relu", 64, 2), include_input=True)
     if network == "frequency":
@@ -50,14 +60,41 @@ def field_config_for(network: str) -> FieldConfig:
                            include_input=False)
     if network == "siren":
         return FieldConfig(network, IdentityEncodingConfig(), MlpConfig("siren", 256, 3), include_input=False)
-    raise ValueError(f"unknown network {network!r}: choose hashgrid, frequency or siren")
+    if network == "relu":
+        return FieldConfig(network, IdentityEncodingConfig(), MlpConfig("relu", 256, 4), include_input=False)
+    if network == "fourier":
+        # Tancik et al.'s network: 256 Gaussian features (512 inputs) into a 4 x 256 ReLU MLP.
+        return FieldConfig(network, FourierFeatureConfig(n_features=256), MlpConfig("relu", 256, 4),
+                           include_input=False)
+    raise ValueError(f"unknown network {network!r}: choose {', '.join(NETWORKS)}")
 
 
 def field_config_from_dict(data: dict) -> FieldConfig:
-    """Rebuild a FieldConfig saved with to_dict (checkpoints' JSON)."""
-    base = field_config_for(data["network"])
-    encoding = type(base.encoding)(**data["encoding"])
-    return FieldConfig(data["network"], encoding, MlpConfig(**data["mlp"]), data["include_input"])
+    """A FieldConfig from a dict: what to_dict saved (checkpoints' JSON), or a user's partial one.
+
+    Any encoding with any MLP kind. A named network's defaults fill what the dict leaves out
+    (``{"network": "fourier", "encoding": {"sigma": 10}}`` changes only sigma); an encoding of
+    another kind than the name's starts from that kind's defaults; a network name outside
+    NETWORKS starts from raw coordinates + the default ReLU MLP. Unknown fields raise ValueError.
+    """
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(FieldConfig)})
+    if unknown:
+        raise ValueError(f"unknown field config option(s): {', '.join(unknown)}")
+    network = str(data.get("network", "custom"))
+    base = (field_config_for(network) if network in NETWORKS
+            else FieldConfig(network, IdentityEncodingConfig(), MlpConfig(), include_input=False))
+    encoding_data = dict(data.get("encoding") or {})
+    kind = encoding_data.setdefault("kind", base.encoding.kind)
+    if kind == base.encoding.kind:
+        encoding_data = {**asdict(base.encoding), **encoding_data}
+    encoding = encoding_config_from_dict(encoding_data)
+    try:
+        mlp = MlpConfig(**{**asdict(base.mlp), **(data.get("mlp") or {})})
+    except TypeError as exc:
+        raise ValueError(f"bad MLP config: {exc}") from None
+    if mlp.kind not in MLP_KINDS:
+        raise ValueError(f"unknown MLP kind {mlp.kind!r}: choose {', '.join(MLP_KINDS)}")
+    return FieldConfig(network, encoding, mlp, bool(data.get("include_input", base.include_input)))
 
 
 class SineLayer(nn.Module):
@@ -84,7 +121,7 @@ def make_mlp(config: MlpConfig, in_dim: int, out_dim: int) -> nn.Sequential:
         elif config.kind == "relu":
             layers += [nn.Linear(width, config.hidden_dim), nn.ReLU()]
         else:
-            raise ValueError(f"unknown MLP kind {config.kind!r}")
+            raise ValueError(f"unknown MLP kind {config.kind!r}: choose {', '.join(MLP_KINDS)}")
         width = config.hidden_dim
     last = nn.Linear(width, out_dim)
     if config.kind == "siren":

@@ -106,7 +106,8 @@ def _preset(name: str) -> SdfConfig:
 PRESETS = ("fast", "balanced", "quality")
 
 # Learning rates that suit each network (hash-grid tables tolerate 1e-2; sine and ReLU MLPs do not).
-_NETWORK_LR = {"hashgrid": 1e-2, "frequency": 5e-4, "siren": 1e-4}
+# ReLU MLPs on raw coordinates or Fourier features train like the positional-encoding one.
+_NETWORK_LR = {"hashgrid": 1e-2, "frequency": 5e-4, "siren": 1e-4, "relu": 5e-4, "fourier": 5e-4}
 
 
 def resolve_config(user: dict) -> SdfConfig:
