@@ -1,4 +1,5 @@
-"""Mesh -> neural SDF -> mesh, at the bpy level: the code the operator runs, callable on its own.
+"""Mesh -> neural field (SDF or occupancy) -> mesh, at the bpy level: the code the operator runs,
+callable on its own.
 
     job = start_conversion(context, obj)          # export, write the job, start the backend
     while not job.finished:
@@ -41,6 +42,7 @@ class ConversionError(RuntimeError):
 
 @dataclass
 class ConversionSettings:
+    task: str = "sdf"           # the representation: sdf | occupancy
     preset: str = "fast"
     network: str = "hashgrid"
     resolution: int = 256
@@ -79,6 +81,7 @@ def settings_from_context(context) -> ConversionSettings:
     settings = ConversionSettings()
     scene_settings = getattr(context.scene, "neural_fields", None)
     if scene_settings is not None:
+        settings.task = scene_settings.representation
         settings.preset = scene_settings.preset
         settings.network = scene_settings.network
         settings.resolution = scene_settings.resolution
@@ -130,15 +133,14 @@ def export_mesh(context, obj) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- the job
 
 
-class ConversionJob:
-    """One running conversion: its job folder, its backend, and the progress so far."""
+class BackendJob:
+    """One running backend (a conversion, an image fit, a resample): its job folder, its runner,
+    and the progress so far. Subclasses add ``finish()``; everything here is bpy-free."""
 
-    def __init__(self, source, job_dir: Path, backend: runner.BackendRunner, settings: ConversionSettings) -> None:
-        self.source_name = source.name
-        self._source = source
+    def __init__(self, source_name: str, job_dir: Path, backend: runner.BackendRunner) -> None:
+        self.source_name = source_name
         self.job_dir = Path(job_dir)
         self.runner = backend
-        self.settings = settings
         self.started_at = time.monotonic()
         self.step = 0
         self.total = 0
@@ -148,8 +150,6 @@ class ConversionJob:
         self.warnings: list[str] = []
         self.messages: list[dict[str, Any]] = []
         self.result: dict[str, Any] | None = None
-        self.new_object_name: str | None = None
-        self._finished_handled = False
 
     # ------------------------------------------------------------- progress
 
@@ -244,6 +244,21 @@ class ConversionJob:
                 text += "\n" + tail
         return text
 
+
+class ConversionJob(BackendJob):
+    """One running mesh conversion (task sdf or occupancy)."""
+
+    def __init__(self, source, job_dir: Path, backend: runner.BackendRunner, settings: ConversionSettings) -> None:
+        super().__init__(source.name, job_dir, backend)
+        self._source = source
+        self.settings = settings
+        self.new_object_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """'Neural SDF', 'Neural occupancy field': how messages name this conversion."""
+        return jobs.TASK_LABELS.get(self.settings.task, "Neural field")
+
     def source_object(self):
         try:
             self._source.name  # raises ReferenceError when the object was deleted
@@ -264,7 +279,7 @@ class ConversionJob:
         if status == "cancelled":
             return None
         if status != "done":
-            raise ConversionError(f"Neural SDF of '{self.source_name}' failed: {self.failure_text()}")
+            raise ConversionError(f"{self.label} of '{self.source_name}' failed: {self.failure_text()}")
         try:
             vertices, faces, result = jobs.import_result(self.job_dir)
         except jobs.JobError as exc:
@@ -274,7 +289,8 @@ class ConversionJob:
         if source is None:
             raise ConversionError(f"'{self.source_name}' was deleted or renamed while it was being converted; "
                                   f"the result is in {self.job_dir}")
-        new_object = import_mesh_object(context, source, vertices, faces, self.job_dir, result)
+        new_object = import_mesh_object(context, source, vertices, faces, self.job_dir, result,
+                                        suffix=self.settings.task)
         self.new_object_name = new_object.name
         return new_object
 
@@ -297,7 +313,9 @@ def start_conversion(context, obj, settings: ConversionSettings | None = None) -
     source = {"object": obj.name, "mesh": obj.data.name, "blend_file": bpy.data.filepath,
               "blender": bpy.app.version_string, "vertices": int(len(vertices)), "triangles": int(len(faces))}
     try:
-        job_dir = jobs.create_job(jobs_root, vertices, faces, config=config, source=source)
+        job_dir = jobs.create_job(jobs_root, vertices, faces, config=config, source=source, task=settings.task)
+    except jobs.InputError as exc:
+        raise ConversionError(str(exc)) from None
     except OSError as exc:
         raise ConversionError(f"Cannot write the job folder under {jobs_root}: {exc}. Choose another jobs folder "
                               f"in {runner.PREFERENCES_HINT.removeprefix('Set it in ')}") from None
@@ -350,10 +368,11 @@ def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray):
     return mesh
 
 
-def import_mesh_object(context, source, vertices, faces, job_dir: Path, result: dict[str, Any]):
-    """``<source>_sdf``: the result mesh on top of ``source`` (same matrix_world), active and selected."""
-    mesh = build_mesh(f"{source.name}_sdf", vertices, faces)
-    new_object = bpy.data.objects.new(f"{source.name}_sdf", mesh)
+def import_mesh_object(context, source, vertices, faces, job_dir: Path, result: dict[str, Any], suffix: str = "sdf"):
+    """``<source>_sdf`` (or ``_occupancy``): the result mesh on top of ``source`` (same matrix_world),
+    active and selected."""
+    mesh = build_mesh(f"{source.name}_{suffix}", vertices, faces)
+    new_object = bpy.data.objects.new(f"{source.name}_{suffix}", mesh)
     new_object.matrix_world = source.matrix_world.copy()
     collection = source.users_collection[0] if source.users_collection else context.scene.collection
     collection.objects.link(new_object)
@@ -381,7 +400,7 @@ def metrics_summary(result: dict[str, Any] | None) -> list[tuple[str, str]]:
     metrics = result.get("metrics") or {}
     rows = []
     labels = {"chamfer_l1": "Chamfer L1", "normal_consistency": "Normal consistency", "f_score": "F-score",
-              "iou": "IoU", "hausdorff": "Hausdorff"}
+              "iou": "IoU", "hausdorff": "Hausdorff", "psnr": "PSNR", "ssim": "SSIM"}
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append((labels.get(key, key.replace("_", " ").capitalize()), f"{value:.4g}"))

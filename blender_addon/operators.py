@@ -1,4 +1,4 @@
-"""Operators: Mesh to Neural SDF (modal in the UI, synchronous in background mode) and Cancel.
+"""Operators: Mesh to Neural Field (SDF or occupancy; modal in the UI, synchronous in background mode) and Cancel.
 
 Both modes run the same functions from ``conversion``: start_conversion -> ConversionJob.poll /
 wait -> ConversionJob.finish. The modal path drains a bounded number of messages per timer
@@ -87,7 +87,7 @@ def finish_job(operator, context, job: conversion.ConversionJob) -> set[str]:
         return {'CANCELLED'}
     if new_object is None:
         _clear_progress(context, job, "cancelled", "Cancelled")
-        operator.report({'WARNING'}, f"Neural SDF of '{job.source_name}' cancelled")
+        operator.report({'WARNING'}, f"{job.label} of '{job.source_name}' cancelled")
         return {'CANCELLED'}
     summary = ", ".join(f"{label} {value}" for label, value in conversion.metrics_summary(job.result)[:3])
     message = f"Created '{new_object.name}'" + (f" ({summary})" if summary else "")
@@ -97,10 +97,10 @@ def finish_job(operator, context, job: conversion.ConversionJob) -> set[str]:
 
 
 class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
-    """Train a neural signed distance field on the active mesh (modifiers applied) and add the mesh extracted from it"""
+    """Train a neural field (signed distance or occupancy, the panel's Representation) on the active mesh (modifiers applied) and add the mesh extracted from it"""
 
-    bl_idname = "neural_fields.mesh_to_sdf"
-    bl_label = "Mesh to Neural SDF"
+    bl_idname = "neural_fields.mesh_to_sdf"  # the name since 0.1.0, when SDF was the only representation
+    bl_label = "Mesh to Neural Field"
     bl_options = {'REGISTER', 'UNDO'}
 
     @classmethod

@@ -10,7 +10,7 @@ from . import conversion
 
 
 class NEURALFIELDS_PT_main(bpy.types.Panel):
-    bl_label = "Mesh to Neural SDF"
+    bl_label = "Mesh to Neural Field"
     bl_idname = "NEURALFIELDS_PT_main"
     bl_space_type = 'VIEW_3D'
     bl_region_type = 'UI'
@@ -25,6 +25,7 @@ class NEURALFIELDS_PT_main(bpy.types.Panel):
         column.use_property_split = True
         column.use_property_decorate = False
         column.enabled = not state.running
+        column.prop(settings, "representation")
         column.prop(settings, "preset")
         column.prop(settings, "network")
         column.prop(settings, "resolution")
