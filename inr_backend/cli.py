@@ -1,4 +1,4 @@
-"""Command line: ``python -m inr_backend {run,fit-mesh} ...``.
+"""Command line: ``python -m inr_backend {run,fit-mesh,fit-image,resample} ...``.
 
 ``run`` is what the Blender add-on starts: stdout carries only protocol messages.
 ``fit-mesh`` is for people and pipelines: it makes a job folder from any mesh file, runs it,
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     fit.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout instead of text")
     fit.set_defaults(handler=_fit_mesh)
+    _add_image_commands(commands)
     return parser
 
 
@@ -130,3 +131,127 @@ def _describe(message: dict) -> str:
     if kind in ("warning", "error"):
         return f"{kind}: {message['message']}"
     return f"{kind}: {message.get('status', message.get('path', ''))}"
+
+
+# --------------------------------------------------------------------------- the image task
+
+_IMAGE_NETWORKS = ["relu", "fourier", "frequency", "siren", "hashgrid"]
+
+
+def _add_image_commands(commands) -> None:
+    """``fit-image`` (image -> field -> image at any size) and ``resample`` (a trained field, new size)."""
+    fit = commands.add_parser("fit-image", help="fit a neural field to an image and sample it at any size",
+                              description="Make a job folder from IMAGE, fit a field f(x, y) -> colour, sample it "
+                                          "at the asked size. Leaves OUT_DIR/image.png (8 or 16 bit like the "
+                                          "source) or OUT_DIR/image.exr (for EXR sources), OUT_DIR/result.json "
+                                          "(PSNR, SSIM) and the job folder OUT_DIR/job (checkpoint for `resample`).")
+    fit.add_argument("image", metavar="IMAGE", help="PNG (8 or 16 bit), JPEG or OpenEXR (NONE, ZIP or ZIPS codec)")
+    fit.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created)")
+    fit.add_argument("--network", choices=_IMAGE_NETWORKS, default="hashgrid",
+                     help="hash grid + MLP (default), ReLU MLP, Fourier features + ReLU MLP, "
+                          "positional encoding + ReLU MLP, or SIREN")
+    size = fit.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None, help="output size = scale x input size (default 1)")
+    size.add_argument("--size", metavar="WxH", default=None, help="exact output size, e.g. 1920x1080")
+    fit.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced",
+                     help="training budget: fast, balanced (default) or quality")
+    fit.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA when present")
+    fit.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    fit.add_argument("--seconds", type=float, default=None, help="training time budget in seconds")
+    fit.add_argument("--batch-size", type=int, default=None, help="pixels per training step (default: the preset's)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fit.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout instead of text")
+    fit.set_defaults(handler=_fit_image)
+
+    res = commands.add_parser("resample", help="sample a trained image field at a new size (no retraining)",
+                              description="Load the image field of JOB_DIR (a fit-image job folder, OUT_DIR/job) "
+                                          "and write it at a new size to FILE (.png or .exr).")
+    res.add_argument("job_dir", metavar="JOB_DIR", help="job folder of a finished image job")
+    size = res.add_mutually_exclusive_group(required=True)
+    size.add_argument("--scale", type=float, help="output size = scale x the training image's size")
+    size.add_argument("--size", metavar="WxH", help="exact output size, e.g. 1920x1080")
+    res.add_argument("--out", required=True, metavar="FILE", help="output image, .png or .exr")
+    res.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA when present")
+    res.add_argument("--json", action="store_true", help="print one JSON line (a `done` message) on stdout")
+    res.set_defaults(handler=_resample)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like 1920x1080 (width x height), got {text!r}") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"--size must be positive, got {text!r}")
+    return width, height
+
+
+def _fit_image(args) -> int:
+    from . import imageio
+    from .job import run_job
+
+    out_dir = Path(args.out)
+    job_dir = out_dir / "job"
+    try:
+        pixels, info = imageio.read_image(args.image)
+        size = _parse_size(args.size) if args.size else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if job_dir.exists():
+        shutil.rmtree(job_dir)  # a re-run of the same command starts afresh
+    suffix = {"png": ".png", "jpeg": ".jpg", "exr": ".exr"}.get(info["format"])
+    input_path = job_dir / protocol.INPUTS_DIR / f"image{suffix or ('.exr' if info['bit_depth'] == 32 else '.png')}"
+    input_path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix:
+        shutil.copyfile(args.image, input_path)      # the file as it is: no re-encoding
+    elif input_path.suffix == ".exr":                  # other formats Pillow reads (TIFF, BMP, ...)
+        imageio.write_exr(input_path, pixels)
+    else:
+        imageio.write_png(input_path, pixels, bits=16 if info["bit_depth"] == 16 else 8)
+    config = {"preset": args.preset, "network": args.network, "device": args.device, "seed": args.seed}
+    for key, value in (("max_steps", args.steps), ("seconds", args.seconds), ("batch_size", args.batch_size),
+                       ("scale", args.scale)):
+        if value is not None:
+            config[key] = value
+    if size:
+        config["width"], config["height"] = size
+    job = protocol.make_job("image", inputs={"image": f"{protocol.INPUTS_DIR}/{input_path.name}"}, config=config,
+                            source={"file": str(Path(args.image).resolve())})
+    protocol.write_job(job_dir, job)
+
+    stream = sys.stdout if args.json else _HumanReadable(sys.stderr)
+    code = run_job(job_dir, stdout=stream)
+    result = protocol.read_result(job_dir)
+    out_image = None
+    if result["status"] == "done":
+        out_image = out_dir / Path(result["outputs"]["image"]).name
+        shutil.copyfile(job_dir / result["outputs"]["image"], out_image)
+    shutil.copyfile(job_dir / protocol.RESULT_FILE, out_dir / "result.json")
+    if not args.json:
+        print(json.dumps(result.get("metrics", {}), indent=2), file=sys.stderr)
+        print(f"{result['status']}: {out_image}" if out_image else f"{result['status']}: see {job_dir / protocol.LOG_FILE}",
+              file=sys.stderr)
+    return code
+
+
+def _resample(args) -> int:
+    try:
+        width, height = _parse_size(args.size) if args.size else (None, None)
+        import torch
+        from .tasks.image import resample
+        device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+        info = resample(args.job_dir, args.out, scale=args.scale, width=width, height=height, device=device)
+    except (ValueError, OSError) as exc:  # ProtocolError is a ValueError
+        if args.json:
+            print(protocol.encode_message(protocol.make_message("error", message=str(exc))))
+            print(protocol.encode_message(protocol.make_message("done", status="failed")))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(protocol.encode_message(protocol.make_message("done", status="done", **info)))
+    else:
+        print(f"wrote {info['path']} ({info['width']}x{info['height']}) in {info['seconds']:.2f} s", file=sys.stderr)
+    return 0
