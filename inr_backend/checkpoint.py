@@ -42,3 +42,23 @@ def load_field(checkpoint_dir: str | os.PathLike, *, device: str | torch.device 
     model = Field(config, in_dim=3, channels=meta.get("channels", {"sdf": 1}))
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     return model.to(device), meta
+
+
+def save_tensors(checkpoint_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Any named tensors (a state_dict) + a JSON description, atomically, JSON last."""
+    directory = Path(checkpoint_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}, str(tmp))
+    os.replace(tmp, directory / WEIGHTS_FILE)
+    write_json_atomic(directory / META_FILE, meta)
+    return directory / WEIGHTS_FILE
+
+
+def load_tensors(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and JSON description written by save_tensors (safetensors only: nothing unpickled)."""
+    directory = Path(checkpoint_dir)
+    meta = read_json(directory / META_FILE, "checkpoint description (model.json)")
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise ProtocolError(f"{directory / WEIGHTS_FILE} is missing: the job has no finished checkpoint")
+    return load_file(str(directory / WEIGHTS_FILE), device="cpu"), meta

@@ -134,8 +134,11 @@ class JobContext:
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
 
-    def training_step(self, step: int, total: int, loss) -> None:
-        """Called every step; reports at most every PROGRESS_INTERVAL (and on the last step)."""
+    def training_step(self, step: int, total: int, loss, *, eta: float | None = None, **extra: Any) -> None:
+        """Called every step; reports at most every PROGRESS_INTERVAL (and on the last step).
+
+        ``eta`` overrides the estimate from the step rate (a task with a time budget knows
+        better); ``extra`` fields (e.g. psnr) go into the progress message as they are."""
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_INTERVAL and step != total:
             return
@@ -144,10 +147,13 @@ class JobContext:
         self._last_progress = now
         started_at, first_step = self._training_started
         rate = (step - first_step) / max(now - started_at, 1e-9)
-        eta = round((total - step) / rate, 2) if rate > 0 else None
+        if eta is None:
+            eta = round((total - step) / rate, 2) if rate > 0 else None
+        else:
+            eta = round(eta, 2)
         loss_value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)  # a tensor or a number
         self.reporter.send("progress", phase=self.current_phase, step=step, total=total, loss=loss_value,
-                           elapsed=self.elapsed(), eta=eta)
+                           elapsed=self.elapsed(), eta=eta, **extra)
 
     def heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(0.25):

@@ -1,0 +1,60 @@
+"""Volume rendering maths as small pure functions (the NeRF quadrature, Max 1995).
+
+Samples along a ray i have optical thickness ``tau_i = sigma_i * delta_i``; then
+``alpha_i = 1 - exp(-tau_i)``, transmittance ``T_i = exp(-sum_{j<i} tau_j)`` and weight
+``w_i = T_i * alpha_i``. Colour, depth and opacity are weight-sums.
+
+Samples are laid out densely as (R, S) per ray with zero thickness where a sample is absent
+(skipped space adds nothing), so the prefix sums stay exact per ray; values are then
+accumulated from packed (M,) samples with their ray index.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def render_weights(tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tau (R, S) optical thickness per sample -> weights (R, S), final transmittance (R,)."""
+    total = torch.cumsum(tau, dim=-1)
+    exclusive = total - tau
+    weights = torch.exp(-exclusive) * -torch.expm1(-tau)    # T_i * (1 - exp(-tau_i)), accurate for small tau
+    return weights, torch.exp(-total[..., -1])
+
+
+def render_weights_reference(tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same, sample by sample: T_{i+1} = T_i * (1 - alpha_i). Slow; for tests."""
+    transmittance = torch.ones(tau.shape[0], dtype=tau.dtype, device=tau.device)
+    weights = []
+    for i in range(tau.shape[1]):
+        alpha = 1.0 - torch.exp(-tau[:, i])
+        weights.append(transmittance * alpha)
+        transmittance = transmittance * (1.0 - alpha)
+    return torch.stack(weights, dim=1), transmittance
+
+
+def accumulate(weights: torch.Tensor, values: torch.Tensor, ray_index: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Per-ray weighted sums of packed samples.
+
+    weights (M,), values (M,) or (M, C), ray_index (M,) int64 in [0, n_rays) -> (n_rays,) or (n_rays, C).
+    """
+    weighted = values * (weights if values.dim() == 1 else weights[:, None])
+    out = torch.zeros((n_rays,) + tuple(values.shape[1:]), dtype=weighted.dtype, device=weighted.device)
+    return out.index_add(0, ray_index, weighted)
+
+
+def accumulate_reference(weights: torch.Tensor, values: torch.Tensor, ray_index: torch.Tensor, n_rays: int
+                         ) -> torch.Tensor:
+    """The same with a Python loop over rays. Slow; for tests."""
+    rows = []
+    for ray in range(n_rays):
+        mask = ray_index == ray
+        w = weights[mask]
+        v = values[mask]
+        rows.append((v * (w if v.dim() == 1 else w[:, None])).sum(0))
+    return torch.stack(rows)
+
+
+def composite_background(rgb: torch.Tensor, opacity: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """rgb (R, 3) premultiplied by opacity (R,) over a background (3,) or (R, 3)."""
+    return rgb + (1.0 - opacity)[:, None] * background
