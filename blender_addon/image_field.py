@@ -374,7 +374,7 @@ def start_resample(context, image, settings: ImageFitSettings | None = None, spa
     extension = fit_output.suffix.lstrip(".") or "png"
     out_path = jobs.resample_output_path(job_dir, size, extension)
     args = jobs.resample_args(job_dir, out_path, scale=settings.scale if settings.size is None else None,
-                              size=settings.size)
+                              size=settings.size, device=settings.device)
     backend = runner.BackendRunner().start(settings.python or None, job_dir, args=args)
     new_name = jobs.result_image_name(fitted_name, scale=settings.scale, size=settings.size)
     metrics = {key: float(value) for key, value in (result.get("metrics") or {}).items()
@@ -479,8 +479,9 @@ def finish_job(operator, context, job: ImageJob) -> set[str]:
         _clear_progress(context, job, "cancelled", "Cancelled")
         operator.report({'WARNING'}, f"{job.label} of '{job.source_name}' cancelled")
         return {'CANCELLED'}
-    summary = ", ".join(f"{label} {value}" for label, value in
-                        conversion.metrics_summary({"metrics": job.metrics})[:2])
+    summary = "" if job.kind != "fit" else ", ".join(  # a resample has no metrics of its own
+        f"{label} {value}" for label, value in conversion.metrics_summary({"metrics": job.metrics})
+        if label in ("PSNR", "SSIM"))
     message = f"Created '{image.name}' ({image.size[0]}x{image.size[1]}" + (f", {summary})" if summary else ")")
     _clear_progress(context, job, "done", message)
     operator.report({'INFO'}, message)

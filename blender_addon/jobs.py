@@ -425,11 +425,13 @@ def resample_output_path(job_dir: str | os.PathLike, size: tuple[int, int], exte
 
 
 def resample_args(job_dir: str | os.PathLike, out_path: str | os.PathLike, *, scale: float | None = None,
-                  size: tuple[int, int] | None = None) -> list[str]:
+                  size: tuple[int, int] | None = None, device: str = "auto") -> list[str]:
     """The backend command line (after the interpreter) that samples a finished image job again."""
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     args = ["-m", "inr_backend", "resample", str(job_dir)]
     if size is not None:
         args += ["--size", f"{int(size[0])}x{int(size[1])}"]
     else:
         args += ["--scale", format_scale(scale if scale is not None else 1.0)]
-    return args + ["--out", str(out_path), "--json"]
+    return args + ["--out", str(out_path), "--device", device, "--json"]

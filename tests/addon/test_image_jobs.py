@@ -42,7 +42,7 @@ def test_too_small_images_are_refused(size, words):
 
 def test_target_sizes_and_names():
     assert jobs.target_size(32, 24, scale=4) == (128, 96)
-    assert jobs.target_size(33, 25, scale=0.5) == (16, 12)     # round half to even, like the backend's round()
+    assert jobs.target_size(33, 25, scale=0.5) == (16, 12)     # round() like the backend's output_size
     assert jobs.target_size(32, 24, size=(100, 7)) == (100, 7)
     for bad in ({"scale": 0}, {"scale": -2.0}, {"scale": float("nan")}, {"size": (0, 10)},
                 {"scale": 10_000.0}, {"scale": 2, "size": (4, 4)}, {}):
@@ -162,6 +162,6 @@ def test_image_result_and_resample_checks(tmp_path):
     out = jobs.resample_output_path(job_dir, (64, 32), "png")
     assert out.parent == job_dir / "outputs" / "resampled" and out.name.startswith("64x32-")
     assert out != jobs.resample_output_path(job_dir, (64, 32), "png")
-    assert jobs.resample_args(job_dir, out, scale=2.0) == ["-m", "inr_backend", "resample", str(job_dir),
-                                                          "--scale", "2", "--out", str(out), "--json"]
+    assert jobs.resample_args(job_dir, out, scale=2.0, device="cpu") == [
+        "-m", "inr_backend", "resample", str(job_dir), "--scale", "2", "--out", str(out), "--device", "cpu", "--json"]
     assert jobs.resample_args(job_dir, out, size=(64, 32))[4:6] == ["--size", "64x32"]
