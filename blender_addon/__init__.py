@@ -8,7 +8,7 @@ imported by plain Python tests; this file imports the bpy layer only in register
 import importlib
 
 # bpy modules, registered in this order (a sub-panel after the panel it belongs to).
-_MODULE_NAMES = ("preferences", "properties", "operators", "panel", "capture", "dataset_import", "image_field")
+_MODULE_NAMES = ("preferences", "properties", "operators", "panel", "capture", "dataset_import", "image_field", "nerf")
 
 
 def _modules():

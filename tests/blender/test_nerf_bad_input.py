@@ -1,0 +1,68 @@
+"""NeRF operators refuse bad input with a clear ERROR and leave bpy.data unchanged (real Blender,
+the add-on installed from its zip; no training). See scripts/nerf_bad_input.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from blender_harness import run_blender_script
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture(scope="module")
+def results(addon_zip, tmp_path_factory):
+    return run_blender_script("nerf_bad_input.py", tmp_path_factory.mktemp("nerf_bad"), {"zip": str(addon_zip)},
+                              timeout=120)
+
+
+def refused(info, *phrases):
+    assert info["result"] == "None", info
+    for phrase in phrases:
+        assert phrase in info["error"], (phrase, info["error"])
+    assert info["unchanged"], info["diff"]
+
+
+def test_operators_registered(results):
+    assert all(results["registered"].values()), results["registered"]
+
+
+def test_no_capture_or_dataset(results):
+    refused(results["no_capture"], "No capture to train on", "Render Capture")
+    refused(results["missing_folder"], "does not exist", "Render Capture")
+    refused(results["no_transforms"], "holds no transforms.json")
+
+
+def test_too_few_views(results):
+    refused(results["too_few"], "Only 5 camera views", "at least 8")
+
+
+def test_mixed_sizes_name_two_files(results):
+    refused(results["mixed_sizes"], "different sizes", "images/0000.png is 32x32", "images/0020.png is 40x30")
+
+
+def test_refusals_write_no_job(results):
+    assert results["jobs_after_refusals"] == []
+
+
+def test_one_sided_capture_warned_before_starting(results):
+    info = results["one_sided"]
+    assert "Poor coverage" in info["warnings"] and "the back (+Y)" in info["warnings"], info["warnings"]
+    # the start itself failed (no such backend Python): reported, nothing added to the file
+    assert "Backend Python not found" in info["error"], info["error"]
+    assert info["unchanged"], info["diff"]
+    assert info["running_after"] is False
+    assert results["train_poll_after"] is True      # a failed start does not block the next one
+
+
+def test_render_and_extract_need_a_trained_job(results):
+    for key in ("render_no_job", "animation_no_job", "extract_no_job"):
+        refused(results[key], "No trained NeRF yet", "Train NeRF")
+    refused(results["render_not_a_job"], "is gone")
+
+
+def test_cameras_that_cannot_render(results):
+    refused(results["no_camera"], "no active camera")
+    refused(results["ortho"], "is orthographic", "Perspective")
+    refused(results["ortho_animation"], "is orthographic")
+    refused(results["scaled"], "scaled")
