@@ -571,7 +571,7 @@ class NEURALFIELDS_OT_fit_image(_ImageJobOperator, bpy.types.Operator):
 
     bl_idname = "neural_fields.fit_image"
     bl_label = "Fit Neural Image"
-    bl_options = {'REGISTER'}
+    bl_options = {'REGISTER', 'UNDO'}
 
     @classmethod
     def poll(cls, context):
@@ -594,7 +594,7 @@ class NEURALFIELDS_OT_resample_image(_ImageJobOperator, bpy.types.Operator):
 
     bl_idname = "neural_fields.resample_image"
     bl_label = "Resample"
-    bl_options = {'REGISTER'}
+    bl_options = {'REGISTER', 'UNDO'}
     missing_image = NO_FITTED_IMAGE
 
     @classmethod
