@@ -59,7 +59,8 @@ def test_image_bad_inputs_fail_cleanly(addon_zip, tmp_path):
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    return float(10 * np.log10(data_range ** 2 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
+    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(data_range ** 2 / mse))
 
 
 def box_down(image: np.ndarray, factor: int) -> np.ndarray:
@@ -93,33 +94,46 @@ def test_fit_and_resample_round_trip(addon_zip, tmp_path):
     assert (tmp_path / "jobs" / image["job"]).is_dir()
 
     for label, name, size in (("resample_x1", "pattern_x1", [32, 32]), ("resample_x2", "pattern_x2", [64, 64]),
-                              ("resample_size", "pattern_48x40", [48, 40])):
+                              ("resample_x3", "pattern_x3", [96, 96]), ("resample_size", "pattern_48x40", [48, 40])):
         outcome = results[label]
         assert outcome["return"] == ["FINISHED"], (label, outcome)
         assert outcome["new"] == [name] and outcome["image"]["size"] == size, (label, outcome)
         assert outcome["image"]["job"] == image["job"], label      # the same trained field, no new job
         assert outcome["image"]["source"] == "pattern.png" and outcome["image"]["packed"]
-    assert len(list((tmp_path / "jobs").iterdir())) == 2           # two fits, resampling made no jobs
-    for label in ("resample_x1", "resample_x2", "resample_size"):
+    assert len(list((tmp_path / "jobs").iterdir())) == 2           # two fits; resampling made no new jobs
+    for label in ("resample_x1", "resample_x2", "resample_x3", "resample_size"):
         assert results[label]["seconds"] < results["fit"]["seconds"] + 30
 
     pixels = np.load(tmp_path / "pixels.npz")
     source = pixels["source"][:, :, :3]
     # The pattern is smooth colour waves plus a soft diagonal stripe; SIREN after 200 steps on
-    # the CPU reaches ~38 dB here (the backend's own PSNR, on the training grid). The bound,
-    # 30 dB, is an RMS error of 3% of full range (about 8 of 255 levels): the pattern, visibly.
+    # the CPU reaches 38 dB (learning rate 1e-4) to over 100 dB (1e-3, the backend's current
+    # choice) here, measured by the backend on the training grid. The bound, 30 dB, is an RMS
+    # error of 3% of full range (about 8 of 255 levels): the pattern, visibly, whatever the
+    # backend's tuning.
     # What a broken pipeline gives instead: the mean colour ~12 dB, the image upside down
     # (Blender's bottom-first rows not flipped) ~9 dB, a field that learned nothing lower still.
     assert psnr(np.broadcast_to(source.mean(axis=(0, 1)), source.shape), source) < 20
     assert psnr(source[::-1], source) < 20
     same = pixels["x1"][:, :, :3]                        # the field sampled on the source's own pixel grid
     assert psnr(same, source) > 30, psnr(same, source)
-    # ... and it is the backend's measured fit: equal up to the 8-bit rounding of the file.
-    assert psnr(same, source) == pytest.approx(fit["result"]["metrics"]["psnr"], abs=0.5)
-    # x4 and x2: averaging each 4x4 (2x2) block lands back on the source grid; a smooth field
-    # averaged over a pixel is within the same bound of the pixel's value.
-    assert psnr(box_down(pixels["fitted"][:, :, :3], 4), source) > 30
-    assert psnr(box_down(pixels["x2"][:, :, :3], 2), source) > 30
+    # ... and it is the backend's measured fit, up to the 8-bit rounding of the file (which moves
+    # the PSNR by < 0.5 dB below 45 dB; above, the rounded image is within a level or so of the source).
+    fit_psnr = fit["result"]["metrics"]["psnr"]
+    if fit_psnr < 45:
+        assert psnr(same, source) == pytest.approx(fit_psnr, abs=0.5)
+    else:
+        assert np.abs(same - source).max() <= 1.5 / 255
+    # x3: output pixel (3r + 1, 3c + 1) sits exactly on source pixel (r, c) (the backend keeps the
+    # image's extent and samples pixel centres), so there the x3 image is the x1 image, up to
+    # 8-bit rounding: any flip, shift or scale error in the add-on's path breaks this.
+    np.testing.assert_allclose(pixels["x3"][1::3, 1::3, :3], same, atol=1.01 / 255)
+    # x4 and x2: no output centre coincides with a source centre; the mean of each 4x4 (2x2)
+    # block is the comparable value. Between pixel centres the field is free (a SIREN fitted to
+    # >100 dB on the pixels rings between them: ~24 dB measured for the block means), so the
+    # bound here is only "clearly the pattern": 20 dB, against ~12 dB for the mean colour.
+    assert psnr(box_down(pixels["fitted"][:, :, :3], 4), source) > 20
+    assert psnr(box_down(pixels["x2"][:, :, :3], 2), source) > 20
 
     # A float image goes through EXR both ways and comes back as a linear float image.
     hdr = results["fit_float"]

@@ -78,13 +78,16 @@ def main(args):
     with open(f"{job_dir}/job.json") as handle:
         results["fit"]["job"] = json.load(handle)
 
-    # Resample without retraining: x1 (the source's own pixel grid), x2, and an exact size.
+    # Resample without retraining: x1 (the source's own pixel grid), x2, x3, and an exact size.
     settings.scale = 1.0
     same = run("resample_x1", results, "resample_image", image=fitted.name)
     results["resample_x1"]["image"] = describe(same)
     settings.scale = 2.0
     double = run("resample_x2", results, "resample_image", image=fitted.name)
     results["resample_x2"]["image"] = describe(double)
+    settings.scale = 3.0
+    triple = run("resample_x3", results, "resample_image", image=fitted.name)
+    results["resample_x3"]["image"] = describe(triple)
     settings.size_mode = 'SIZE'
     settings.width, settings.height = 48, 40
     sized = run("resample_size", results, "resample_image", image=double.name if double else fitted.name)
@@ -96,6 +99,8 @@ def main(args):
         arrays["x1"] = get_pixels(same)
     if double is not None:
         arrays["x2"] = get_pixels(double)
+    if triple is not None:
+        arrays["x3"] = get_pixels(triple)
 
     # A float image (linear, HDR values above 1): EXR in, EXR out, a float Blender image back.
     hdr_pixels = pattern(16, 12) * np.array([3.0, 2.0, 1.5, 1.0], np.float32)
