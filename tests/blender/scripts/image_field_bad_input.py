@@ -3,8 +3,6 @@ the images already there untouched. Also draws the Image Editor panel with a rec
 and reads a Render Result's pixels (the path a render takes into a fit)."""
 
 import hashlib
-import shutil
-import tempfile
 
 import bpy
 import numpy as np
