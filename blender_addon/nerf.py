@@ -68,9 +68,10 @@ class NeuralFieldsNerfSettings(bpy.types.PropertyGroup):
                            description="Training time in seconds. 0: the preset decides")
     max_steps: IntProperty(name="Steps", default=0, min=0, description="Training steps. 0: the preset decides")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed (same seed, same result)")
-    background: EnumProperty(name="Background", default='white', description="What transparent pixels are trained as",
-                             items=[('white', "White", ""), ('black', "Black", ""),
-                                    ('random', "Random", "A random colour per ray: learns clean alpha")])
+    background: EnumProperty(name="Background", default='random', description="What transparent pixels are trained as",
+                             items=[('random', "Random", "A random colour per ray: the field learns clean alpha"),
+                                    ('white', "White", "Transparent pixels are white"),
+                                    ('black', "Black", "Transparent pixels are black")])
     preview_seconds: FloatProperty(name="Preview Every", default=10.0, min=1.0, unit='TIME_ABSOLUTE',
                                    description="Seconds between preview images while training")
     render_background: EnumProperty(name="Render Background", default='white',
@@ -264,6 +265,7 @@ class TrainTask(BackendTask):
         self.progress = nerf_jobs.TrainProgress(job_dir=Path(job_dir))
         self._shown_preview = 0
         self._last_print = 0.0
+        self._last_text = ""
 
     @property
     def fraction(self) -> float:
@@ -276,8 +278,9 @@ class TrainTask(BackendTask):
         if message["type"] == "preview" and self.progress.preview_serial != self._shown_preview:
             self._shown_preview = self.progress.preview_serial
             show_preview(context, self.progress)
-        if bpy.app.background and message["type"] == "progress" and time.monotonic() - self._last_print > 5.0:
-            self._last_print = time.monotonic()
+        if (bpy.app.background and message["type"] == "progress" and self.status_text != self._last_text
+                and time.monotonic() - self._last_print > 5.0):   # no status bar: print, now and then
+            self._last_print, self._last_text = time.monotonic(), self.status_text
             print(f"Neural Fields: NeRF: {self.status_text}", flush=True)
 
     def import_result(self, context) -> tuple[str, str]:
@@ -550,11 +553,12 @@ def start_render(context, animation: bool = False) -> RenderTask:
         c2w, intr = camera_frame(camera, scene)
         requests.append((camera.name, c2w, intr))
     job_dir = trained_job(context)
-    python, _device, _root = _backend_settings(context)
+    python, device, _root = _backend_settings(context)
     try:
         render_dir = nerf_jobs.new_render_dir(job_dir, "animation" if animation else "view")
         cameras_json = nerf_jobs.write_cameras(render_dir / "cameras.json", requests)
-        args = nerf_jobs.render_args(job_dir, cameras_json, render_dir, background=settings.render_background)
+        args = nerf_jobs.render_args(job_dir, cameras_json, render_dir, background=settings.render_background,
+                                     device=device)
     except (OSError, NerfInputError) as exc:
         raise NerfError(f"Cannot prepare the render: {exc}") from None
     backend = runner.BackendRunner().start(python or None, render_dir, args=args)
@@ -568,12 +572,13 @@ def start_extract(context, resolution: int = 0, threshold: float = 0.0) -> Extra
     _check_idle()
     settings = _settings(context)
     job_dir = trained_job(context)
-    python, _device, _root = _backend_settings(context)
+    python, device, _root = _backend_settings(context)
     resolution = resolution or settings.mesh_resolution
     threshold = threshold or settings.mesh_threshold
     mesh_path = job_dir / protocol.OUTPUTS_DIR / f"mesh-{time.strftime('%Y%m%d-%H%M%S')}-{resolution}.ply"
     try:
-        args = nerf_jobs.extract_args(job_dir, mesh_path, resolution=resolution, threshold=threshold)
+        args = nerf_jobs.extract_args(job_dir, mesh_path, resolution=resolution, threshold=threshold,
+                                      device=device)
     except NerfInputError as exc:
         raise NerfError(str(exc)) from None
     backend = runner.BackendRunner().start(python or None, job_dir, args=args)

@@ -141,7 +141,7 @@ class NerfSettings:
     seed: int = 0
     seconds: float = 0.0          # 0: the preset decides
     max_steps: int = 0            # 0: the preset (or the time budget) decides
-    background: str = "white"
+    background: str = "random"
     preview_seconds: float = 10.0
     mesh: bool = False
     mesh_resolution: int = 0      # 0: the backend's default
@@ -363,7 +363,8 @@ def write_cameras(path: str | os.PathLike, cameras: Sequence[tuple[str, Any, Any
 
 
 def render_args(job_dir: str | os.PathLike, cameras_json: str | os.PathLike, out_dir: str | os.PathLike, *,
-                outputs: Iterable[str] = RENDER_OUTPUTS, background: str | None = None) -> list[str]:
+                outputs: Iterable[str] = RENDER_OUTPUTS, background: str | None = None,
+                device: str | None = None) -> list[str]:
     """The arguments after the interpreter for ``python -m inr_backend render ... --json``."""
     outputs = list(outputs)
     for output in outputs:
@@ -375,11 +376,19 @@ def render_args(job_dir: str | os.PathLike, cameras_json: str | os.PathLike, out
         if background not in ("white", "black"):
             raise NerfInputError(f"background must be white or black, got {background!r}")
         args += ["--background", background]
-    return args + ["--json"]
+    return args + _device_args(device) + ["--json"]
+
+
+def _device_args(device: str | None) -> list[str]:
+    if not device:
+        return []
+    if device not in DEVICES:
+        raise NerfInputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    return ["--device", device]
 
 
 def extract_args(job_dir: str | os.PathLike, out_ply: str | os.PathLike, *, resolution: int = 0,
-                 threshold: float = 0.0) -> list[str]:
+                 threshold: float = 0.0, device: str | None = None) -> list[str]:
     """The arguments after the interpreter for ``python -m inr_backend extract ... --json``."""
     args = ["-m", "inr_backend", "extract", str(Path(job_dir)), "--out", str(Path(out_ply))]
     if resolution:
@@ -388,7 +397,7 @@ def extract_args(job_dir: str | os.PathLike, out_ply: str | os.PathLike, *, reso
         args += ["--resolution", str(int(resolution))]
     if threshold and threshold > 0:
         args += ["--threshold", repr(float(threshold))]
-    return args + ["--json"]
+    return args + _device_args(device) + ["--json"]
 
 
 @dataclass

@@ -62,7 +62,7 @@ def test_find_dataset_errors(tmp_path):
 
 def test_train_job_copies_the_dataset(tmp_path):
     capture = make_capture(tmp_path / "capture")
-    config = nerf_jobs.NerfSettings(seconds=30, device="cpu", background="random", mesh=True,
+    config = nerf_jobs.NerfSettings(seconds=30, device="cpu", mesh=True,
                                     mesh_resolution=128).config()
     job_dir = nerf_jobs.create_train_job(tmp_path / "jobs", capture, config, source={"label": "My Capture!"})
     job = protocol.read_job(job_dir)            # the backend's own reader accepts it
@@ -161,10 +161,11 @@ def test_cameras_file_round_trips(tmp_path):
 
 
 def test_command_lines(tmp_path):
-    args = nerf_jobs.render_args(tmp_path / "job", tmp_path / "c.json", tmp_path / "out", background="black")
+    args = nerf_jobs.render_args(tmp_path / "job", tmp_path / "c.json", tmp_path / "out", background="black",
+                                 device="cpu")
     assert args == ["-m", "inr_backend", "render", str(tmp_path / "job"), "--cameras", str(tmp_path / "c.json"),
                     "--out", str(tmp_path / "out"), "--outputs", "rgb,alpha,depth,normal", "--background", "black",
-                    "--json"]
+                    "--device", "cpu", "--json"]
     with pytest.raises(nerf_jobs.NerfInputError):
         nerf_jobs.render_args(tmp_path, tmp_path, tmp_path, outputs=["rgb", "beauty"])
     args = nerf_jobs.extract_args(tmp_path / "job", tmp_path / "m.ply", resolution=128, threshold=5.0)

@@ -66,3 +66,29 @@ def test_cameras_that_cannot_render(results):
     refused(results["ortho"], "is orthographic", "Perspective")
     refused(results["ortho_animation"], "is orthographic")
     refused(results["scaled"], "scaled")
+
+
+def _texts(calls):
+    return [kwargs.get("text", "") for _name, _args, kwargs in calls]
+
+
+def _operators(calls):
+    return [args[0] for name, args, _kwargs in calls if name == "operator"]
+
+
+def test_panel_draws_in_every_state(results):
+    assert results["panel_parent"] == "NEURALFIELDS_PT_main"
+    idle = results["draw_idle"]
+    assert "neural_fields.train_nerf" in _operators(idle)
+    assert {"neural_fields.render_nerf_view", "neural_fields.render_nerf_animation",
+            "neural_fields.extract_nerf_mesh"} <= set(_operators(idle))
+    running = results["draw_running"]
+    assert "neural_fields.cancel_nerf" in _operators(running) and "neural_fields.train_nerf" not in _operators(running)
+    assert "Training: step 30/100" in _texts(running)
+    assert "PSNR 21.50 dB" in _texts(running) and "Loss 0.01" in _texts(running)
+    assert any(name == "progress" for name, _a, _k in running)
+    assert "Preview: step 30, held-out PSNR 20.00 dB" in _texts(running)
+    finished = results["draw_finished"]
+    texts = _texts(finished)
+    assert "NeRF trained (PSNR 28.00 dB)" in texts and "28.00 dB" in texts and "1 min 01 s" in texts
+    assert any(text.startswith("Poor coverage") for text in texts)

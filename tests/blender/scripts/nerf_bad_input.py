@@ -17,6 +17,45 @@ from PIL import Image
 import bl_common as common
 
 
+LAYOUT_FUNCTIONS = set(bpy.types.UILayout.bl_rna.functions.keys())
+
+
+class Recorder:
+    """A stand-in UILayout that checks every call and prop() name (background mode draws nothing)."""
+
+    def __init__(self, calls):
+        self._calls = calls
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_"):
+            assert name in bpy.types.UILayout.bl_rna.properties.keys(), f"UILayout has no property {name}"
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        assert name in LAYOUT_FUNCTIONS, f"UILayout has no function {name}"
+
+        def call(*args, **kwargs):
+            if name == "prop":
+                assert args[1] in args[0].bl_rna.properties.keys(), f"{args[0]} has no property {args[1]}"
+            if name == "operator":
+                category, op = args[0].split(".")
+                assert hasattr(getattr(bpy.ops, category), op), args[0]
+            self._calls.append([name, [a if isinstance(a, (str, int, float)) else type(a).__name__ for a in args],
+                                {k: v if isinstance(v, (str, int, float, bool)) else repr(v) for k, v in kwargs.items()}])
+            return Recorder(self._calls)
+        return call
+
+
+def draw_panel(panel):
+    calls = []
+
+    class Self:
+        layout = Recorder(calls)
+
+    panel.draw(Self, bpy.context)
+    return calls
+
+
 def data_snapshot():
     collections = ("objects", "meshes", "materials", "images", "cameras", "collections", "lights", "textures")
     snap = {name: sorted(item.name for item in getattr(bpy.data, name)) for name in collections}
@@ -126,6 +165,23 @@ def main(args):
     out["scaled"] = run_op(ops.render_nerf_view)
     camera.scale = (1.0, 1.0, 1.0)
     out["last_status"] = [state.last_status, state.last_message]
+
+    # ---- the panel in its states (drawn with a recording layout)
+    panel = common.addon_module("nerf").NEURALFIELDS_PT_nerf
+    out["panel_parent"] = panel.bl_parent_id
+    out["draw_idle"] = draw_panel(panel)
+    state.running, state.task, state.progress = True, "train", 0.3
+    state.status_text, state.loss, state.psnr = "Training: step 30/100", 0.01, 21.5
+    preview = bpy.data.images.new("NeRF Preview", 16, 16)
+    preview.preview_ensure()
+    state.preview_image, state.preview_text = preview.name, "Preview: step 30, held-out PSNR 20.00 dB"
+    out["draw_running"] = draw_panel(panel)
+    state.running, state.task = False, ""
+    state.last_status, state.last_message = "done", "NeRF trained (PSNR 28.00 dB)"
+    state.last_result_json = json.dumps({"metrics": {"psnr": 28.0, "ssim": 0.9, "n_eval_views": 5},
+                                         "timings": {"total": 61.0}, "device": "cpu"})
+    state.last_warnings = "Poor coverage: no camera looks at the back (+Y)"
+    out["draw_finished"] = draw_panel(panel)
     return out
 
 
