@@ -59,7 +59,10 @@ class ImageTrainConfig:
     batch_size: int = 2 ** 18          # pixels per step; an image with fewer pixels trains on all of them
     learning_rate: float = 1e-2        # set per network by resolve_config (_NETWORK_LR)
     final_lr_fraction: float = 0.1     # exponential decay to this fraction at the end (steps or seconds)
-    cpu_batch_cap: int = 2 ** 14       # on a CPU, MLP networks train on at most this many pixels a step
+    # On a CPU (unless the user set batch_size): a 256-wide MLP costs ~1 GFLOP per 2^12 pixels
+    # and step, a 16-level hash grid ~0.1 s per 2^14 pixels on one core; keep steps near a second.
+    cpu_batch_cap: int = 2 ** 14
+    cpu_hashgrid_batch_cap: int = 2 ** 15
     cuda_graph: bool = True            # on CUDA, replay each step as one CUDA graph (see train_image)
 
 
@@ -450,14 +453,36 @@ def output_kind(info: dict) -> tuple[str, int]:
 
 
 def write_output(path: Path, image: np.ndarray, info: dict) -> Path:
-    """Write (H, W, C) ``image`` as ``path`` (.png or .exr), bit depth from the source's info."""
+    """Write (H, W, C) ``image`` as ``path`` (.png or .exr), bit depth from the source's info.
+
+    The field holds the source's own encoding. PNG means sRGB-encoded and EXR linear, so a
+    PNG made from a linear source (or an EXR from an sRGB one) goes through the sRGB transfer
+    function (colour channels only, not alpha), and looks the same in Blender.
+    """
     suffix = path.suffix.lower()
+    if suffix not in (".png", ".exr"):
+        raise ValueError(f"output file {path.name} must end in .png or .exr")
+    source_linear = info.get("colour_space") == "linear"
+    colour = image.shape[2] - (1 if info.get("has_alpha") else 0)
+    image = np.array(image, dtype=np.float32)
     if suffix == ".exr":
+        if not source_linear:
+            image[..., :colour] = srgb_to_linear(image[..., :colour])
         pixel_type = "half" if info.get("exr_pixel_type") == "half" else "float"
         return imageio.write_exr(path, image, pixel_type=pixel_type)
-    if suffix == ".png":
-        return imageio.write_png(path, np.clip(image, 0.0, 1.0), bits=16 if info.get("bit_depth") == 16 else 8)
-    raise ValueError(f"output file {path.name} must end in .png or .exr")
+    if source_linear:
+        image[..., :colour] = linear_to_srgb(np.clip(image[..., :colour], 0.0, 1.0))
+    return imageio.write_png(path, np.clip(image, 0.0, 1.0), bits=16 if info.get("bit_depth") == 16 else 8)
+
+
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """The sRGB decoding function (IEC 61966-2-1), elementwise."""
+    return np.where(values <= 0.04045, values / 12.92, ((np.maximum(values, 0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """The sRGB encoding function (IEC 61966-2-1), elementwise."""
+    return np.where(values <= 0.0031308, values * 12.92, 1.055 * np.maximum(values, 0.0031308) ** (1 / 2.4) - 0.055)
 
 
 # --------------------------------------------------------------------------- the job
@@ -484,9 +509,10 @@ def run_image_job(ctx) -> dict:
     field_config = adapt_field_to_image(config.field, config.sizing, height, width)
     model = make_image_field(field_config, channels).to(device)
     train_config = dataclasses.replace(config.train)
-    if device.type == "cpu" and not config.batch_size_from_user and field_config.encoding.kind != "hashgrid":
-        # A 256-wide MLP costs ~1 GFLOP per 2^12 pixels and step: keep CPU steps near a second.
-        train_config.batch_size = min(train_config.batch_size, train_config.cpu_batch_cap)
+    if device.type == "cpu" and not config.batch_size_from_user:
+        cap = (train_config.cpu_hashgrid_batch_cap if field_config.encoding.kind == "hashgrid"
+               else train_config.cpu_batch_cap)
+        train_config.batch_size = min(train_config.batch_size, cap)
     stats = train_image(model, pixels, train_config, seed=config.seed,
                         on_step=ctx.training_step, check_cancel=ctx.check_cancel)
     ctx.sync()

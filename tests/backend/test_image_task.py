@@ -202,7 +202,7 @@ def test_job_fits_and_resamples_at_4x(tmp_path):
     task.resample(job_dir, tmp_path / "x1.exr", scale=1)
     x1, _ = imageio.read_image(tmp_path / "x1.exr")
     np.testing.assert_allclose(x3[1::3, 1::3], x1, atol=1e-5)
-    assert np.abs(x1 - training).mean() < 0.01
+    assert np.abs(x1 - task.srgb_to_linear(training)).mean() < 0.01  # an EXR holds linear values
 
 
 def test_16bit_and_exr_sources_keep_their_format(tmp_path):
@@ -219,6 +219,18 @@ def test_16bit_and_exr_sources_keep_their_format(tmp_path):
     assert info["format"] == "exr" and output.shape == (32, 24, 3)
     assert output.max() > 1.5  # HDR values are not clipped
     assert result["metrics"]["data_range"] == pytest.approx(float(hdr.max() - hdr.min()), rel=1e-5)
+    # A PNG from the linear field is sRGB-encoded (and clipped), so it looks the same in Blender.
+    task.resample(job_dir, tmp_path / "b.png", scale=1)
+    task.resample(job_dir, tmp_path / "b.exr", scale=1)
+    png, _ = imageio.read_image(tmp_path / "b.png")
+    linear, _ = imageio.read_image(tmp_path / "b.exr")
+    np.testing.assert_allclose(png, task.linear_to_srgb(np.clip(linear, 0, 1)), atol=0.5 / 255 + 1e-6)
+
+
+def test_srgb_transfer_functions_invert_each_other():
+    values = np.linspace(0, 1, 1001)
+    np.testing.assert_allclose(task.linear_to_srgb(task.srgb_to_linear(values)), values, atol=1e-12)
+    assert task.linear_to_srgb(np.array([0.18]))[0] == pytest.approx(0.4614, abs=1e-4)  # middle grey
 
 
 def test_bad_images_fail_the_job_with_a_clear_error(tmp_path):
