@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                               description="Make a job folder from MESH, train a field, extract a mesh. "
                                           "Leaves OUT_DIR/mesh.ply, OUT_DIR/result.json and the job folder OUT_DIR/job.")
     fit.add_argument("mesh", metavar="MESH", help="any mesh trimesh reads: OBJ, PLY, STL, GLB, OFF")
-    fit.add_argument("--task", choices=["sdf"], default="sdf", help="the field to train (default: sdf)")
+    fit.add_argument("--task", choices=["sdf", "occupancy"], default="sdf",
+                     help="the field to train: a signed distance field (default) or an occupancy field")
     fit.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created)")
     fit.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution per axis (default 256)")
     fit.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced",
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout instead of text")
     fit.set_defaults(handler=_fit_mesh)
     _add_image_commands(commands)
+    _add_nerf_commands(commands)
     return parser
 
 
@@ -255,3 +257,194 @@ def _resample(args) -> int:
     else:
         print(f"wrote {info['path']} ({info['width']}x{info['height']}) in {info['seconds']:.2f} s", file=sys.stderr)
     return 0
+
+
+# --------------------------------------------------------------------------- nerf: fit-nerf, render, extract
+
+
+def _add_nerf_commands(commands) -> None:
+    fit = commands.add_parser("fit-nerf", help="train a NeRF from posed images (transforms.json)",
+                              description="Train a NeRF on DATASET_DIR (transforms.json, or transforms_train.json "
+                                          "with transforms_val.json / transforms_test.json held out). Leaves the job "
+                                          "folder OUT_DIR/job (checkpoint, previews), OUT_DIR/result.json and, with "
+                                          "--mesh, OUT_DIR/mesh.ply.")
+    fit.add_argument("dataset", metavar="DATASET_DIR", help="folder with transforms*.json and images (or a transforms file)")
+    fit.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created)")
+    fit.add_argument("--seconds", type=float, default=None, help="training time budget in seconds (default: the preset's steps)")
+    fit.add_argument("--steps", type=int, default=None, help="at most this many training steps")
+    fit.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
+    fit.add_argument("--model", choices=["ngp", "reference"], default="ngp",
+                     help="ngp: hash grid + occupancy grid (default); reference: the original NeRF MLP")
+    fit.add_argument("--background", choices=["random", "white", "black"], default="random",
+                     help="training background behind transparent pixels (default random)")
+    fit.add_argument("--scene-box", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"), default=None,
+                     help="world-space box to reconstruct (default: normalization.json or the cameras' view)")
+    fit.add_argument("--mesh", action="store_true", help="also extract a coloured mesh (OUT_DIR/mesh.ply)")
+    fit.add_argument("--mesh-resolution", type=int, default=256)
+    fit.add_argument("--mesh-threshold", type=float, default=None, help="density threshold (default 20)")
+    fit.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout instead of text")
+    fit.set_defaults(handler=_fit_nerf)
+
+    render = commands.add_parser("render", help="render cameras with a trained NeRF",
+                                 description="Render every frame of TRANSFORMS_JSON with the NeRF trained in JOB_DIR "
+                                             "(a fit-nerf OUT_DIR or its job folder) into RENDER_DIR: <frame>.png, "
+                                             "<frame>_alpha.png, <frame>_depth.exr (z-depth in world units, 0 where "
+                                             "nothing is hit), <frame>_normal.png and render.json. Prints PSNR/SSIM "
+                                             "against the frames' images where they exist.")
+    render.add_argument("job_dir", metavar="JOB_DIR")
+    render.add_argument("--cameras", required=True, metavar="TRANSFORMS_JSON")
+    render.add_argument("--out", required=True, metavar="RENDER_DIR")
+    render.add_argument("--outputs", default="rgb,alpha,depth", help="comma-separated: rgb,alpha,depth,normal")
+    render.add_argument("--background", choices=["white", "black"], default="white")
+    render.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    render.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout")
+    render.set_defaults(handler=_render_nerf)
+
+    extract = commands.add_parser("extract", help="extract a coloured mesh from a trained NeRF",
+                                  description="Marching cubes on the density of the NeRF in JOB_DIR, vertex colours "
+                                              "from the field, written in world coordinates as a binary PLY.")
+    extract.add_argument("job_dir", metavar="JOB_DIR")
+    extract.add_argument("--out", required=True, metavar="MESH_PLY")
+    extract.add_argument("--resolution", type=int, default=256)
+    extract.add_argument("--threshold", type=float, default=None, help="density threshold (default: the job's, 20)")
+    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    extract.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout")
+    extract.set_defaults(handler=_extract_nerf)
+
+
+def _fit_nerf(args) -> int:
+    from .job import run_job
+
+    out_dir = Path(args.out)
+    job_dir = out_dir / "job"
+    dataset = Path(args.dataset)
+    if not dataset.exists():
+        print(f"error: {dataset} does not exist", file=sys.stderr)
+        return 2
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    # The dataset is copied in: a job folder is self-contained, and the backend refuses paths
+    # (symlinks included) that leave it.
+    inputs = job_dir / protocol.INPUTS_DIR
+    inputs.mkdir(parents=True)
+    if dataset.is_dir():
+        link = inputs / "dataset"
+        shutil.copytree(dataset, link)
+    else:  # a transforms file: its folder is the dataset
+        shutil.copytree(dataset.parent, inputs / "dataset")
+        link = inputs / "dataset" / dataset.name
+    config = {"preset": args.preset, "model": args.model, "background": args.background, "device": args.device,
+              "seed": args.seed, "mesh": args.mesh, "mesh_resolution": args.mesh_resolution}
+    if args.seconds is not None:
+        config["seconds"] = args.seconds
+    if args.steps is not None:
+        config["max_steps"] = args.steps
+    if args.mesh_threshold is not None:
+        config["mesh_threshold"] = args.mesh_threshold
+    if args.scene_box is not None:
+        config["scene_box"] = [args.scene_box[:3], args.scene_box[3:]]
+    job = protocol.make_job("nerf", inputs={"dataset": link.relative_to(job_dir).as_posix()}, config=config,
+                            source={"dataset": str(dataset.resolve())})
+    protocol.write_job(job_dir, job)
+    stream = sys.stdout if args.json else _HumanReadable(sys.stderr)
+    code = run_job(job_dir, stdout=stream)
+    result = protocol.read_result(job_dir)
+    if result["status"] == "done" and "mesh" in result.get("outputs", {}):
+        shutil.copyfile(job_dir / result["outputs"]["mesh"], out_dir / "mesh.ply")
+    shutil.copyfile(job_dir / protocol.RESULT_FILE, out_dir / "result.json")
+    if not args.json:
+        print(json.dumps(result.get("metrics", {}), indent=2), file=sys.stderr)
+        print(f"{result['status']}: {out_dir}" if result["status"] == "done"
+              else f"{result['status']}: see {job_dir / protocol.LOG_FILE}", file=sys.stderr)
+    return code
+
+
+def _trained_job_dir(path: str) -> Path:
+    """A fit-nerf OUT_DIR or a job folder -> the job folder."""
+    path = Path(path)
+    if not (path / protocol.JOB_FILE).is_file() and (path / "job" / protocol.JOB_FILE).is_file():
+        return path / "job"
+    return path
+
+
+class _CommandReporter:
+    """Protocol messages (--json) or readable lines for the render/extract commands."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.done = False
+
+    def send(self, type: str, **fields) -> None:
+        message = protocol.make_message(type, **fields)
+        if self.as_json:
+            if not self.done:
+                print(protocol.encode_message(message), flush=True)
+            self.done = self.done or type == "done"
+        elif type != "done":
+            print(_describe(message) if type != "progress" else
+                  f"[{message['elapsed']:7.1f}s] {message.get('phase', '')} {message['step']}/{message['total']}",
+                  file=sys.stderr)
+
+
+def _run_command(args, task: str, body) -> int:
+    """Start, run ``body(reporter, device)``, and end with `done` whatever happens."""
+    import time
+    reporter = _CommandReporter(args.json)
+    try:
+        from .job import choose_device
+        device = choose_device(args.device, reporter)
+        if device.type == "cpu":
+            from .job import limit_cpu_threads
+            limit_cpu_threads()
+        reporter.send("started", task=task, device=str(device))
+        body(reporter, device)
+    except KeyboardInterrupt:
+        reporter.send("done", status="cancelled")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - every failure ends in a message and `done`
+        from .job import _user_message
+        reporter.send("error", message=_user_message(exc))
+        reporter.send("done", status="failed")
+        if not args.json:
+            print(f"error: {_user_message(exc)}", file=sys.stderr)
+        return 1
+    reporter.send("done", status="done")
+    return 0
+
+
+def _render_nerf(args) -> int:
+    outputs = [name.strip() for name in args.outputs.split(",") if name.strip()]
+    unknown = sorted(set(outputs) - {"rgb", "alpha", "depth", "normal"})
+    if unknown or not outputs:
+        print(f"error: --outputs takes rgb, alpha, depth, normal; got {args.outputs!r}", file=sys.stderr)
+        return 2
+
+    def body(reporter, device):
+        from .tasks.nerf import render_frames_to_folder
+        summary = render_frames_to_folder(_trained_job_dir(args.job_dir), Path(args.cameras), Path(args.out),
+                                          outputs=outputs, background=args.background, device=device,
+                                          reporter=reporter)
+        if not args.json:
+            for frame in summary["frames"]:
+                quality = (f"  PSNR {frame['psnr']:.2f} dB  SSIM {frame['ssim']:.4f}" if "psnr" in frame else "")
+                print(f"{frame['name']}: {frame['rgb'] if 'rgb' in frame else frame['name']}{quality}", file=sys.stderr)
+            if summary.get("psnr") is not None:
+                print(f"mean PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} over "
+                      f"{summary['n_compared']} frames", file=sys.stderr)
+
+    return _run_command(args, "render", body)
+
+
+def _extract_nerf(args) -> int:
+    def body(reporter, device):
+        from .tasks.nerf import extract_to_file
+        info = extract_to_file(_trained_job_dir(args.job_dir), Path(args.out), resolution=args.resolution,
+                               threshold=args.threshold, device=device)
+        reporter.send("progress", phase="extracted", step=1, total=1, loss=0.0, elapsed=info["seconds"], eta=0.0,
+                      n_vertices=info["n_vertices"], n_faces=info["n_faces"])
+        if not args.json:
+            print(f"{args.out}: {info['n_vertices']} vertices, {info['n_faces']} faces", file=sys.stderr)
+
+    return _run_command(args, "extract", body)
