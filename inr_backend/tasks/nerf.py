@@ -512,11 +512,10 @@ def extract_nerf_mesh(model: NerfModel, *, resolution: int, threshold: float, de
                       timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Marching cubes on the density at ``threshold``: unit-box vertices (V, 3), faces (F, 3) and
     uint8 vertex colours (V, 3), each the field's colour seen from outside along the normal."""
-    from ..geometry.extract import marching_cubes, query_grid
+    from ..geometry.extract import marching_cubes
 
     clock = time.perf_counter()
-    density_fn = model.field.density
-    volume = query_grid(lambda p: density_fn(p), resolution=resolution, device=device, chunk=2 ** 20)
+    volume = query_density_grid(model, resolution=resolution, device=device)
     if timings is not None:
         timings["mesh_query"] = time.perf_counter() - clock
     if not volume.max() > threshold:
@@ -532,6 +531,26 @@ def extract_nerf_mesh(model: NerfModel, *, resolution: int, threshold: float, de
     if timings is not None:
         timings["mesh_colors"] = time.perf_counter() - clock
     return vertices, faces, colors
+
+
+@torch.no_grad()
+def query_density_grid(model: NerfModel, *, resolution: int, device, chunk: int = 2 ** 21) -> np.ndarray:
+    """(R, R, R) float32 densities on ``geometry.extract.grid_axis`` vertices, evaluated only in
+    occupancy-grid cells that are occupied or next to one (elsewhere 0: the grid already knows
+    the space is empty). ``geometry.extract.query_grid`` gives the same on every vertex."""
+    occupied = model.grid.occupied.view(1, 1, *(model.grid.resolution,) * 3).float()
+    near_occupied = torch.nn.functional.max_pool3d(occupied, 3, stride=1, padding=1).view(-1) > 0
+    axis = torch.linspace(-1.0, 1.0, resolution, device=device)
+    total = resolution ** 3
+    values = torch.zeros(total, dtype=torch.float32, device=device)
+    for start in range(0, total, chunk):
+        index = torch.arange(start, min(start + chunk, total), device=device)
+        points = torch.stack([axis[index // resolution ** 2], axis[(index // resolution) % resolution],
+                              axis[index % resolution]], dim=1)
+        keep = near_occupied[model.grid.cell_index(points)]
+        if keep.any():
+            values[index[keep]] = model.field.density(points[keep]).float()
+    return values.view(resolution, resolution, resolution).cpu().numpy()
 
 
 @torch.no_grad()
@@ -631,11 +650,14 @@ def run_nerf_job(ctx) -> dict:
     if config.mesh.enabled:
         ctx.phase("extracting mesh")
         clock = time.perf_counter()
-        mesh_path = write_nerf_mesh(model, normalization, ctx.output_path("mesh.ply"),
-                                    resolution=config.mesh.resolution, threshold=config.mesh.threshold,
-                                    device=device, timings=timings)
+        try:
+            mesh_path = write_nerf_mesh(model, normalization, ctx.output_path("mesh.ply"),
+                                        resolution=config.mesh.resolution, threshold=config.mesh.threshold,
+                                        device=device, timings=timings)
+            outputs["mesh"] = f"{protocol.OUTPUTS_DIR}/{mesh_path.name}"
+        except ValueError as exc:   # the trained field stays usable: extract later with other settings
+            ctx.reporter.send("warning", message=f"no mesh: {exc}")
         timings["mesh"] = time.perf_counter() - clock
-        outputs["mesh"] = f"{protocol.OUTPUTS_DIR}/{mesh_path.name}"
     return {"metrics": metrics, "timings": timings, "outputs": outputs}
 
 
@@ -651,19 +673,87 @@ def write_nerf_mesh(model: NerfModel, normalization: dict, path: Path, *, resolu
 
 def _write_preview(model: NerfModel, views: Views, path: Path, config: NerfConfig) -> None:
     """Render the first view at most ``preview_size`` pixels across into ``path`` (atomically)."""
-    from PIL import Image
+    from ..imageio import write_png
     scale = min(1.0, config.train.preview_size / max(views.width, views.height))
     width, height = max(1, round(views.width * scale)), max(1, round(views.height * scale))
-    intr = views.intrinsics[0] * torch.tensor([scale, scale, scale, scale], device=views.intrinsics.device)
-    out = render_view(model, views.c2w[0], intr, width, height)
-    array = (out["rgb"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-    write_png_atomic(path, array)
+    out = render_view(model, views.c2w[0], views.intrinsics[0] * scale, width, height)
+    write_png(path, out["rgb"].cpu().numpy())
 
 
-def write_png_atomic(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+# --------------------------------------------------------------------------- render / extract commands
+
+
+def render_frames_to_folder(job_dir: Path, cameras: Path, out_dir: Path, *, outputs: list[str],
+                            background: str = "white", device="cpu", reporter=None) -> dict:
+    """Render every frame of a transforms file with the NeRF of ``job_dir`` into ``out_dir``.
+
+    Files per frame (stem = the frame's file name stem, frame_NNNN when missing or repeated):
+    <stem>.png RGB over the background, <stem>_alpha.png, <stem>_depth.exr (z-depth along the
+    camera axis in world units, 0 where nothing is hit), <stem>_normal.png (world normals as
+    0.5 + 0.5 n). render.json lists them, with PSNR/SSIM where the frame's image exists.
+    """
+    from ..imageio import write_exr, write_png
+    model, meta = load_nerf(job_dir, device)
+    normalization = meta["normalization"]
+    frames = datasets.read_transforms(cameras)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bg = BACKGROUNDS[background]
+    used: set[str] = set()
+    summary: dict[str, Any] = {"frames": [], "background": background}
+    psnrs, ssims = [], []
+    clock = time.perf_counter()
+    for index, frame in enumerate(frames):
+        stem = Path(str(frame.name)).stem if frame.name else ""
+        if not stem or stem in used:
+            stem = f"frame_{index:04d}"
+        used.add(stem)
+        view = frames_to_views([frame], normalization, device, with_pixels=False)
+        out = render_view(model, view.c2w[0], view.intrinsics[0], view.width, view.height, background=bg,
+                          normals="normal" in outputs)
+        entry: dict[str, Any] = {"name": stem, "width": view.width, "height": view.height}
+        if "rgb" in outputs:
+            entry["rgb"] = write_png(out_dir / f"{stem}.png", out["rgb"].cpu().numpy()).name
+        if "alpha" in outputs:
+            entry["alpha"] = write_png(out_dir / f"{stem}_alpha.png", out["opacity"].cpu().numpy()[..., None]).name
+        if "depth" in outputs:
+            depth = (out["depth"] / float(normalization["scale"])).cpu().numpy().astype(np.float32)
+            entry["depth"] = write_exr(out_dir / f"{stem}_depth.exr", depth[..., None]).name
+        if "normal" in outputs:
+            entry["normal"] = write_png(out_dir / f"{stem}_normal.png", (out["normal"].cpu().numpy() + 1) * 0.5).name
+        image_file = Path(frame.file_path)
+        if image_file.is_file():
+            rgba = torch.from_numpy(load_image_rgba(image_file)).to(device).float() / 255.0
+            if rgba.shape[:2] == (view.height, view.width):
+                target = rgba[..., :3] * rgba[..., 3:] + torch.tensor(bg, device=device) * (1 - rgba[..., 3:])
+                entry["psnr"] = psnr(out["rgb"], target)
+                entry["ssim"] = ssim(out["rgb"], target) if min(view.width, view.height) >= 11 else None
+                psnrs.append(entry["psnr"])
+                if entry["ssim"] is not None:
+                    ssims.append(entry["ssim"])
+        summary["frames"].append(entry)
+        if reporter is not None:
+            reporter.send("progress", phase="rendering", step=index + 1, total=len(frames), loss=0.0,
+                          elapsed=round(time.perf_counter() - clock, 3), eta=None, name=stem)
+    summary["n_compared"] = len(psnrs)
+    summary["psnr"] = float(np.mean(psnrs)) if psnrs else None
+    summary["ssim"] = float(np.mean(ssims)) if ssims else None
+    summary["seconds"] = time.perf_counter() - clock
+    protocol.write_json_atomic(out_dir / "render.json", summary)
+    return summary
+
+
+def extract_to_file(job_dir: Path, out: Path, *, resolution: int = 256, threshold: float | None = None,
+                    device="cpu") -> dict:
+    """Extract the coloured mesh of a trained NeRF into a PLY (world coordinates)."""
+    model, meta = load_nerf(job_dir, device)
+    if threshold is None:
+        threshold = model.config.mesh.threshold
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+    write_nerf_mesh(model, meta["normalization"], Path(out), resolution=resolution, threshold=threshold,
+                    device=device, timings=timings)
+    from ..plyio import read_ply
+    mesh = read_ply(out)
+    vertices, faces = mesh[0], mesh[1]
+    return {"seconds": time.perf_counter() - clock, "n_vertices": int(len(vertices)), "n_faces": int(len(faces)),
+            "timings": timings}

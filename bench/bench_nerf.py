@@ -1,0 +1,140 @@
+"""Benchmark: NeRF on NeRF-synthetic lego: held-out PSNR against training time, speed, render, mesh.
+
+    python bench/bench_nerf.py [LEGO_DIR] [--checkpoints 5 15 30 60 150] [--reference-seconds 150]
+                               [--max-eval-views N] [--json out.json]
+
+Trains on transforms_train.json and evaluates on transforms_val.json: PSNR is the mean over
+the val images of per-image PSNR, composited on white. Training stops at each checkpoint time
+(training time only, device synchronised), is evaluated, and continues. Then: rays/s and
+samples/s of training, the time to render one 800x800 view (the val camera with doubled
+intrinsics), a coloured mesh at 512^3, and the reference model's PSNR after the same time.
+Default data: ../shared/data/lego.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from inr_backend.tasks import nerf  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "lego"
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_with_checkpoints(dataset: Path, user_config: dict, checkpoints: list[float], device, max_eval_views):
+    config = nerf.resolve_config(user_config)
+    torch.manual_seed(config.seed)
+    train, held, normalization = nerf.load_dataset(dataset, config, device, warn=lambda text: print("warning:", text))
+    model = nerf.NerfModel(config).to(device)
+    trainer = nerf.NerfTrainer(model, train, config, device=device)
+    rows = []
+    for seconds in checkpoints:
+        trainer.train_for(until_step=config.train.max_steps, until_seconds=seconds)
+        clock = time.perf_counter()
+        metrics = nerf.evaluate(model, held, max_views=max_eval_views, with_ssim=seconds == checkpoints[-1])
+        row = {"seconds": round(trainer.training_seconds, 2), "steps": trainer.step, "psnr": round(metrics["psnr"], 3),
+               "rays_per_batch": trainer.rays, "eval_seconds": round(time.perf_counter() - clock, 2)}
+        if "ssim" in metrics:
+            row["ssim"] = round(metrics["ssim"], 4)
+        rows.append(row)
+        print(f"  {user_config.get('model', 'ngp'):9s} {row['seconds']:7.1f} s  step {row['steps']:6d}  "
+              f"PSNR {row['psnr']:.2f} dB  (eval {row['eval_seconds']} s)", flush=True)
+    speed = {"rays_per_second": trainer.rays_seen / trainer.training_seconds,
+             "samples_per_second": trainer.samples_seen / trainer.training_seconds,
+             "steps_per_second": trainer.step / trainer.training_seconds}
+    return model, held, normalization, rows, speed
+
+
+def time_render(model, held, device, repeats: int = 5) -> dict:
+    c2w, intr = held.c2w[0], held.intrinsics[0] * 2.0          # 400 -> 800 pixels, same field of view
+    width, height = held.width * 2, held.height * 2
+    nerf.render_view(model, c2w, intr, width, height)           # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        clock = time.perf_counter()
+        nerf.render_view(model, c2w, intr, width, height)
+        sync(device)
+        times.append(time.perf_counter() - clock)
+    return {"size": f"{width}x{height}", "seconds_median": sorted(times)[len(times) // 2], "seconds_min": min(times)}
+
+
+def time_mesh(model, normalization, device, out: Path, resolution: int = 512) -> dict:
+    timings: dict = {}
+    sync(device)
+    clock = time.perf_counter()
+    nerf.write_nerf_mesh(model, normalization, out, resolution=resolution, threshold=model.config.mesh.threshold,
+                         device=device, timings=timings)
+    sync(device)
+    from inr_backend.plyio import read_ply
+    vertices, faces, _ = read_ply(out)
+    return {"resolution": resolution, "seconds": time.perf_counter() - clock, "n_faces": int(len(faces)),
+            **{k: round(v, 3) for k, v in timings.items()}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", nargs="?", default=str(DATA))
+    parser.add_argument("--checkpoints", type=float, nargs="+", default=[5, 15, 30, 60, 150])
+    parser.add_argument("--reference-seconds", type=float, default=150.0, help="0 skips the reference model")
+    parser.add_argument("--max-eval-views", type=int, default=None)
+    parser.add_argument("--preset", default="quality")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--out", default="/tmp/bench_nerf")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = Path(args.dataset)
+    result = {"benchmark": "nerf", "dataset": dataset.name, "device": torch.cuda.get_device_name() if device.type == "cuda"
+              else platform.processor() or "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "preset": args.preset}
+    print(f"NeRF on {dataset.name} ({result['device']}, preset {args.preset})", flush=True)
+    model, held, normalization, rows, speed = train_with_checkpoints(
+        dataset, {"preset": args.preset, "device": args.device, "max_steps": 10 ** 6}, args.checkpoints, device,
+        args.max_eval_views)
+    result["ngp"] = {"checkpoints": rows, **{k: round(v, 1) for k, v in speed.items()}}
+    result["render"] = time_render(model, held, device)
+    print(f"  render {result['render']['size']}: {result['render']['seconds_median'] * 1000:.1f} ms", flush=True)
+    result["mesh"] = time_mesh(model, normalization, device, out / "lego_mesh.ply")
+    print(f"  mesh 512^3: {result['mesh']['seconds']:.2f} s ({result['mesh']['n_faces']} faces) {result['mesh']}",
+          flush=True)
+    del model
+    if args.reference_seconds > 0:
+        _, _, _, ref_rows, ref_speed = train_with_checkpoints(
+            dataset, {"preset": "balanced", "model": "reference", "device": args.device, "max_steps": 10 ** 7},
+            [args.reference_seconds], device, args.max_eval_views)
+        result["reference"] = {"checkpoints": ref_rows, **{k: round(v, 1) for k, v in ref_speed.items()}}
+
+    print("\n| training time | steps | PSNR (dB) |\n| --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['seconds']:.1f} s | {row['steps']} | {row['psnr']:.2f} |")
+    print(f"\nrays/s {speed['rays_per_second']:.3g}, samples/s {speed['samples_per_second']:.3g}, "
+          f"steps/s {speed['steps_per_second']:.1f}")
+    if "reference" in result:
+        ref = result["reference"]["checkpoints"][-1]
+        print(f"reference NeRF after {ref['seconds']:.0f} s: {ref['psnr']:.2f} dB ({ref['steps']} steps)")
+    path = Path(args.json) if args.json else REPO / "bench" / "results" / f"nerf_{dataset.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
