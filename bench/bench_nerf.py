@@ -60,17 +60,30 @@ def train_with_checkpoints(dataset: Path, user_config: dict, checkpoints: list[f
 
 
 def time_render(model, held, device, repeats: int = 5) -> dict:
+    """Median time of one 800x800 view, for the configured marching and a few alternatives
+    (block size, early-stop transmittance), with each one's PSNR on the first val image."""
     c2w, intr = held.c2w[0], held.intrinsics[0] * 2.0          # 400 -> 800 pixels, same field of view
     width, height = held.width * 2, held.height * 2
-    nerf.render_view(model, c2w, intr, width, height)           # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        clock = time.perf_counter()
-        nerf.render_view(model, c2w, intr, width, height)
-        sync(device)
-        times.append(time.perf_counter() - clock)
-    return {"size": f"{width}x{height}", "seconds_median": sorted(times)[len(times) // 2], "seconds_min": min(times)}
+    render = model.config.render
+    configured = (render.block_steps, render.early_stop)
+    variants = []
+    for block, early in [configured, (32, 1e-4), (32, 1e-3), (16, 1e-3), (128, 1e-3)]:
+        render.block_steps, render.early_stop = block, early
+        nerf.render_view(model, c2w, intr, width, height)       # warm-up
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            clock = time.perf_counter()
+            nerf.render_view(model, c2w, intr, width, height)
+            sync(device)
+            times.append(time.perf_counter() - clock)
+        quality = nerf.evaluate(model, held, max_views=1, with_ssim=False)["psnr"]
+        variants.append({"block_steps": block, "early_stop": early, "seconds_median": sorted(times)[len(times) // 2],
+                         "psnr_view0": round(quality, 3)})
+        print(f"  render {width}x{height} block {block} early_stop {early}: "
+              f"{variants[-1]['seconds_median'] * 1000:.1f} ms, PSNR(view 0) {quality:.2f}", flush=True)
+    render.block_steps, render.early_stop = configured
+    return {"size": f"{width}x{height}", "seconds_median": variants[0]["seconds_median"], "variants": variants}
 
 
 def time_mesh(model, normalization, device, out: Path, resolution: int = 512) -> dict:
@@ -106,8 +119,8 @@ def main() -> int:
               "preset": args.preset}
     print(f"NeRF on {dataset.name} ({result['device']}, preset {args.preset})", flush=True)
     model, held, normalization, rows, speed = train_with_checkpoints(
-        dataset, {"preset": args.preset, "device": args.device, "max_steps": 10 ** 6}, args.checkpoints, device,
-        args.max_eval_views)
+        dataset, {"preset": args.preset, "device": args.device, "max_steps": 10 ** 6, "seconds": args.checkpoints[-1]},
+        args.checkpoints, device, args.max_eval_views)
     result["ngp"] = {"checkpoints": rows, **{k: round(v, 1) for k, v in speed.items()}}
     result["render"] = time_render(model, held, device)
     print(f"  render {result['render']['size']}: {result['render']['seconds_median'] * 1000:.1f} ms", flush=True)
@@ -117,7 +130,8 @@ def main() -> int:
     del model
     if args.reference_seconds > 0:
         _, _, _, ref_rows, ref_speed = train_with_checkpoints(
-            dataset, {"preset": "balanced", "model": "reference", "device": args.device, "max_steps": 10 ** 7},
+            dataset, {"preset": "balanced", "model": "reference", "device": args.device, "max_steps": 10 ** 7,
+                      "seconds": args.reference_seconds},
             [args.reference_seconds], device, args.max_eval_views)
         result["reference"] = {"checkpoints": ref_rows, **{k: round(v, 1) for k, v in ref_speed.items()}}
 
