@@ -323,7 +323,7 @@ def show_preview(context, progress: nerf_jobs.TrainProgress) -> None:
     if progress.preview_step is not None:
         parts.append(f"step {progress.preview_step}")
     if progress.preview_psnr is not None:
-        parts.append(f"held-out PSNR {progress.preview_psnr:.2f} dB")
+        parts.append(f"PSNR {progress.preview_psnr:.2f} dB")
     state.preview_text = "Preview: " + ", ".join(parts) if parts else "Preview"
     _redraw(context)
 

@@ -87,7 +87,7 @@ def test_panel_draws_in_every_state(results):
     assert "Training: step 30/100" in _texts(running)
     assert "PSNR 21.50 dB" in _texts(running) and "Loss 0.01" in _texts(running)
     assert any(name == "progress" for name, _a, _k in running)
-    assert "Preview: step 30, held-out PSNR 20.00 dB" in _texts(running)
+    assert "Preview: step 30, PSNR 20.00 dB" in _texts(running)
     finished = results["draw_finished"]
     texts = _texts(finished)
     assert "NeRF trained (PSNR 28.00 dB)" in texts and "28.00 dB" in texts and "1 min 01 s" in texts

@@ -174,7 +174,7 @@ def main(args):
     state.status_text, state.loss, state.psnr = "Training: step 30/100", 0.01, 21.5
     preview = bpy.data.images.new("NeRF Preview", 16, 16)
     preview.preview_ensure()
-    state.preview_image, state.preview_text = preview.name, "Preview: step 30, held-out PSNR 20.00 dB"
+    state.preview_image, state.preview_text = preview.name, "Preview: step 30, PSNR 20.00 dB"
     out["draw_running"] = draw_panel(panel)
     state.running, state.task = False, ""
     state.last_status, state.last_message = "done", "NeRF trained (PSNR 28.00 dB)"
