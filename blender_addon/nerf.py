@@ -593,6 +593,13 @@ def start_extract(context, resolution: int = 0, threshold: float = 0.0) -> Extra
 class _BackendOperator:
     """execute(): start, wait, finish (background mode); invoke(): the same, modal on a timer."""
 
+    @classmethod
+    def poll(cls, context):
+        if active_task() is not None:
+            cls.poll_message_set("A NeRF job is running: wait for it or press Esc to cancel it")
+            return False
+        return True
+
     def start(self, context) -> BackendTask:
         raise NotImplementedError
 
@@ -643,7 +650,8 @@ class _BackendOperator:
             _redraw(context)
             return {'CANCELLED'}
         for warning in task.warnings:
-            self.report({'WARNING'}, warning)
+            if warning not in getattr(self, "_warnings", ()):   # coverage warnings were reported at the start
+                self.report({'WARNING'}, warning)
         state.last_status = "cancelled" if level == 'WARNING' else "done"
         state.last_message = message
         state.progress = 1.0 if level == 'INFO' else state.progress
@@ -683,8 +691,9 @@ class _BackendOperator:
             self._update(context, task)
         if not task.finished:
             return {'PASS_THROUGH'}
-        context.window_manager.event_timer_remove(self._timer)
-        self._timer = None
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
         return self._end(context, task)
 
     def cancel(self, context):

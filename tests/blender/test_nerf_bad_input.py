@@ -68,6 +68,20 @@ def test_cameras_that_cannot_render(results):
     refused(results["scaled"], "scaled")
 
 
+def test_escape_cancels_training(results):
+    """The modal operator's code, driven with TIMER events and an ESC press, with the real backend."""
+    info = results["modal_cancel"]
+    assert info["running_after_start"] is True and info["cancel_poll"] is True
+    assert info["poll_while_running"] is False      # one NeRF job at a time
+    assert info["escape"] == ["RUNNING_MODAL"]
+    assert info["returned"] == ["CANCELLED"]
+    assert ["WARNING", "NeRF training cancelled"] in info["reports"], info["reports"]
+    assert info["running_after"] is False and info["last_status"] == "cancelled"
+    assert info["job_dir_setting"] == ""          # a cancelled job is not used for rendering
+    assert info["result_status"] == "cancelled" and info["backend_alive"] is False
+    assert info["unchanged"]
+
+
 def _texts(calls):
     return [kwargs.get("text", "") for _name, _args, kwargs in calls]
 

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import bpy
@@ -165,6 +166,52 @@ def main(args):
     out["scaled"] = run_op(ops.render_nerf_view)
     camera.scale = (1.0, 1.0, 1.0)
     out["last_status"] = [state.last_status, state.last_message]
+
+    # ---- Esc while training: the modal operator's code driven by hand (background mode has no
+    # event loop), with the real backend: it stops, reports "cancelled", adds nothing
+    nerf = common.addon_module("nerf")
+    good = make_dataset(work / "good", ring(24, 25), [(32, 32)] * 24, datasets, cameras)
+    settings.dataset_dir = str(good)
+    settings.preset, settings.max_steps = 'fast', 100000
+
+    class Event:
+        def __init__(self, type, value="NOTHING"):
+            self.type, self.value = type, value
+
+    class Modal(nerf._BackendOperator):
+        reports = []
+
+        def start(self, context):
+            task, self._warnings = nerf.start_training(context)
+            return task
+
+        def report(self, level, message):
+            self.reports.append([sorted(level)[0], message])
+
+    before = data_snapshot()
+    operator = Modal()
+    operator._task, operator._timer = operator._begin(bpy.context), None
+    modal_out = {"running_after_start": state.running, "poll_while_running": ops.train_nerf.poll(),
+                 "cancel_poll": ops.cancel_nerf.poll()}
+    deadline = time.monotonic() + 120
+    while operator._task.progress.device is None and time.monotonic() < deadline:   # until the backend started
+        operator.modal(bpy.context, Event('TIMER'))
+        time.sleep(0.1)
+    modal_out["escape"] = sorted(operator.modal(bpy.context, Event('ESC', 'PRESS')))
+    returned = None
+    while returned is None or returned == {'PASS_THROUGH'}:
+        returned = operator.modal(bpy.context, Event('TIMER'))
+        time.sleep(0.05)
+        if time.monotonic() > deadline:
+            break
+    operator._task.runner.wait_exit(timeout=10.0)
+    modal_out.update(returned=sorted(returned), reports=Modal.reports, running_after=state.running,
+                     last_status=state.last_status, job_dir_setting=settings.job_dir,
+                     unchanged=data_snapshot() == before,
+                     result_status=json.loads((operator._task.job_dir / "result.json").read_text())["status"],
+                     backend_alive=operator._task.runner.is_alive)
+    out["modal_cancel"] = modal_out
+    settings.dataset_dir = ""
 
     # ---- the panel in its states (drawn with a recording layout)
     panel = common.addon_module("nerf").NEURALFIELDS_PT_nerf
