@@ -147,8 +147,11 @@ def load_image(name: str, path: Path, *, non_color: bool = False, sequence: bool
     return image
 
 
-def show_in_image_editor(context, image, *, sequence_frames: tuple[int, int] | None = None) -> bool:
-    """Show ``image`` in the first open Image Editor (True when there was one)."""
+def show_in_image_editor(context, image, *, sequence_frames: tuple[int, int] | None = None,
+                         only_if_free: bool = False) -> bool:
+    """Show ``image`` in the first open Image Editor (True when there was one). ``only_if_free``:
+    only in an editor that shows nothing or this image already (the preview never replaces
+    what the artist is looking at)."""
     window_manager = getattr(context, "window_manager", None)
     if window_manager is None:
         return False
@@ -158,6 +161,8 @@ def show_in_image_editor(context, image, *, sequence_frames: tuple[int, int] | N
             if area.type != 'IMAGE_EDITOR':
                 continue
             space = area.spaces.active
+            if only_if_free and space.image is not None and space.image != image:
+                continue
             space.image = image
             if sequence_frames is not None:
                 first, count = sequence_frames
@@ -317,6 +322,7 @@ def show_preview(context, progress: nerf_jobs.TrainProgress) -> None:
     except RuntimeError as exc:  # a preview that cannot be read is not worth stopping for
         print(f"Neural Fields: cannot load the preview {path}: {exc}")
         return
+    show_in_image_editor(context, image, only_if_free=True)
     state = _state(context)
     state.preview_image = image.name
     parts = []
@@ -557,8 +563,9 @@ def start_render(context, animation: bool = False) -> RenderTask:
     try:
         render_dir = nerf_jobs.new_render_dir(job_dir, "animation" if animation else "view")
         cameras_json = nerf_jobs.write_cameras(render_dir / "cameras.json", requests)
-        args = nerf_jobs.render_args(job_dir, cameras_json, render_dir, background=settings.render_background,
-                                     device=device)
+        outputs = ("rgb", "alpha") if animation else nerf_jobs.RENDER_OUTPUTS   # a sequence shows RGB
+        args = nerf_jobs.render_args(job_dir, cameras_json, render_dir, outputs=outputs,
+                                     background=settings.render_background, device=device)
     except (OSError, NerfInputError) as exc:
         raise NerfError(f"Cannot prepare the render: {exc}") from None
     backend = runner.BackendRunner().start(python or None, render_dir, args=args)
