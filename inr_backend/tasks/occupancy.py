@@ -156,10 +156,10 @@ def resolve_config(user: dict) -> OccupancyConfig:
     if network not in NETWORKS:
         raise ValueError(f"unknown network {network!r}: choose {', '.join(NETWORKS)}")
     if network != config.field.network:
-        config.field = field_config_for(network)
+        config.field = field_config_for(network, in_dim=3)
     config.train.learning_rate = _NETWORK_LR[network]
     if "field" in user:
-        config.field = field_config_from_dict({"network": network, **user["field"]})
+        config.field = field_config_from_dict({"network": network, **user["field"]}, in_dim=3)
     for section in ("sampling", "train", "extract"):
         if section in user:
             setattr(config, section, _merged(getattr(config, section), user[section], section))

@@ -123,7 +123,7 @@ def resolve_config(user: dict) -> SdfConfig:
     config = _preset(user.get("preset", "balanced"))
     network = user.get("network", "hashgrid")
     if network != config.field.network:
-        config.field = field_config_for(network)
+        config.field = field_config_for(network, in_dim=3)
     config.train.learning_rate = _NETWORK_LR[network]
     config.device = str(user.get("device", "auto"))
     config.seed = int(user.get("seed", 0))

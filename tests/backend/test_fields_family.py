@@ -76,6 +76,14 @@ def test_named_networks_rebuild_from_their_dicts(network):
     assert field_config_from_dict(config.to_dict()) == config
 
 
+def test_fourier_defaults_depend_on_the_dimension():
+    from inr_backend.fields.networks import FOURIER_SIGMA_3D
+    assert field_config_for("fourier").encoding.sigma == FourierFeatureConfig().sigma == 5.0  # images
+    assert field_config_for("fourier", in_dim=2).encoding.sigma == 5.0
+    assert field_config_for("fourier", in_dim=3).encoding.sigma == FOURIER_SIGMA_3D
+    assert field_config_from_dict({"network": "fourier"}, in_dim=3).encoding.sigma == FOURIER_SIGMA_3D
+
+
 def test_a_partial_dict_overrides_only_what_it_names():
     config = field_config_from_dict({"network": "fourier", "encoding": {"sigma": 10.0}, "mlp": {"kind": "siren"}})
     assert config.encoding.kind == "fourier" and config.encoding.sigma == 10.0
