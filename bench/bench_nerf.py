@@ -107,6 +107,11 @@ def main() -> int:
     parser.add_argument("--max-eval-views", type=int, default=None)
     parser.add_argument("--preset", default="quality")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--scene-box", type=float, default=None, metavar="B",
+                        help="reconstruct the world box [-B, B]^3 (NeRF-synthetic scenes fit in 1.5)")
+    parser.add_argument("--mixed-precision", action="store_true", help="MLPs in bfloat16")
+    parser.add_argument("--skip-extras", action="store_true", help="no render/mesh timing")
+    parser.add_argument("--profile-render", action="store_true", help="print a profile of one 800x800 render")
     parser.add_argument("--json", default=None)
     parser.add_argument("--out", default="/tmp/bench_nerf")
     args = parser.parse_args()
@@ -117,11 +122,26 @@ def main() -> int:
     result = {"benchmark": "nerf", "dataset": dataset.name, "device": torch.cuda.get_device_name() if device.type == "cuda"
               else platform.processor() or "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
               "preset": args.preset}
+    box = {"scene_box": [[-args.scene_box] * 3, [args.scene_box] * 3]} if args.scene_box else {}
+    result.update(scene_box=args.scene_box, mixed_precision=args.mixed_precision)
     print(f"NeRF on {dataset.name} ({result['device']}, preset {args.preset})", flush=True)
     model, held, normalization, rows, speed = train_with_checkpoints(
-        dataset, {"preset": args.preset, "device": args.device, "max_steps": 10 ** 6, "seconds": args.checkpoints[-1]},
+        dataset, {"preset": args.preset, "device": args.device, "max_steps": 10 ** 6, "seconds": args.checkpoints[-1],
+                  "mixed_precision": args.mixed_precision, **box},
         args.checkpoints, device, args.max_eval_views)
     result["ngp"] = {"checkpoints": rows, **{k: round(v, 1) for k, v in speed.items()}}
+    if args.profile_render:
+        from torch.profiler import ProfilerActivity, profile
+        c2w, intr = held.c2w[0], held.intrinsics[0] * 2.0
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            nerf.render_view(model, c2w, intr, held.width * 2, held.height * 2)
+            sync(device)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    if args.skip_extras:
+        result["speed_only"] = True
+        path = Path(args.json) if args.json else REPO / "bench" / "results" / f"nerf_{dataset.name}_variant.json"
+        path.write_text(json.dumps(result, indent=2))
+        return 0
     result["render"] = time_render(model, held, device)
     print(f"  render {result['render']['size']}: {result['render']['seconds_median'] * 1000:.1f} ms", flush=True)
     result["mesh"] = time_mesh(model, normalization, device, out / "lego_mesh.ply")
@@ -131,7 +151,7 @@ def main() -> int:
     if args.reference_seconds > 0:
         _, _, _, ref_rows, ref_speed = train_with_checkpoints(
             dataset, {"preset": "balanced", "model": "reference", "device": args.device, "max_steps": 10 ** 7,
-                      "seconds": args.reference_seconds},
+                      "seconds": args.reference_seconds, **box},
             [args.reference_seconds], device, args.max_eval_views)
         result["reference"] = {"checkpoints": ref_rows, **{k: round(v, 1) for k, v in ref_speed.items()}}
 
