@@ -30,6 +30,7 @@ CENTER_KEY = "neural_fields_center"     # the rig's bounding sphere, for normali
 RADIUS_KEY = "neural_fields_radius"
 ROI_MIN_KEY = "neural_fields_roi_min"   # the selection's world bounding box, for normalization.json
 ROI_MAX_KEY = "neural_fields_roi_max"
+CAPTURE_DIR_KEY = "neural_fields_capture_dir"   # where Render Capture last wrote this rig's dataset
 MARGIN = 1.1
 
 
@@ -190,6 +191,8 @@ class NEURALFIELDS_OT_render_capture(bpy.types.Operator):
             self.report({'ERROR'}, f"Render capture failed: {exc}")
             return {'CANCELLED'}
         write_normalization(root / "normalization.json", [c2w for _, _, c2w in frames_info], roi)
+        if rig is not None:   # Train NeRF starts from the most recent rig's capture folder
+            rig[CAPTURE_DIR_KEY] = str(root)
         self.report({'INFO'}, f"Rendered {written} views into {root}")
         return {'FINISHED'}
 

@@ -39,7 +39,7 @@ def load_field(checkpoint_dir: str | os.PathLike, *, device: str | torch.device 
         config = field_config_from_dict(meta["field"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"{directory / META_FILE} does not describe a field: {exc}") from None
-    model = Field(config, in_dim=3, channels=meta.get("channels", {"sdf": 1}))
+    model = Field(config, in_dim=int(meta.get("in_dim", 3)), channels=meta.get("channels", {"sdf": 1}))
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     return model.to(device), meta
 
