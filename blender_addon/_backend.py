@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 
 try:
-    from ._vendor.inr_backend import cameras, datasets, imageio, plyio, protocol
+    from ._vendor.inr_backend import cameras, coverage, datasets, imageio, plyio, protocol
     BACKEND_PYTHONPATH: str | None = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 except ImportError:  # a source checkout: the backend is installed next to the add-on
-    from inr_backend import cameras, datasets, imageio, plyio, protocol  # type: ignore[no-redef]
+    from inr_backend import cameras, coverage, datasets, imageio, plyio, protocol  # type: ignore[no-redef]
     BACKEND_PYTHONPATH = None
 
-__all__ = ["cameras", "datasets", "imageio", "protocol", "plyio", "BACKEND_PYTHONPATH"]
+__all__ = ["cameras", "coverage", "datasets", "imageio", "protocol", "plyio", "BACKEND_PYTHONPATH"]

@@ -27,13 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ._backend import datasets, protocol
+from ._backend import coverage, datasets, protocol
 from .jobs import slugify
-
-try:
-    from ._vendor.inr_backend import coverage
-except ImportError:  # a source checkout
-    from inr_backend import coverage  # type: ignore[no-redef]
 
 DATASET_INPUT = f"{protocol.INPUTS_DIR}/dataset"
 PREVIEW_OUTPUT = f"{protocol.OUTPUTS_DIR}/preview.png"

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .. import imageio
 from ..checkpoint import META_FILE, WEIGHTS_FILE, save_field
+from ..image_metrics import psnr, ssim  # noqa: F401  (callers use image.psnr / image.ssim too)
 from ..fields.networks import NETWORKS, Field, FieldConfig, field_config_for, field_config_from_dict
 from ..protocol import ProtocolError, read_json
 
@@ -389,50 +390,6 @@ def render_field(model: Field, height: int, width: int, extent: tuple[float, flo
         points = pixel_coordinates(r.reshape(-1), c.reshape(-1), height, width, extent)
         rows_out.append(field_values(model, points).reshape(len(rows), width, -1))
     return torch.cat(rows_out, dim=0)
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of two (H, W, C) images."""
-    mse = torch.mean((prediction.double() - target.double()) ** 2).item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
-
-
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, device=None) -> torch.Tensor:
-    """(size,) normalised Gaussian taps (scipy.ndimage.gaussian_filter's, truncated at the radius)."""
-    offsets = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    taps = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return taps / taps.sum()
-
-
-def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, *,
-         window: int = 11, sigma: float = 1.5) -> float | None:
-    """Mean SSIM (Wang et al. 2004) of two (H, W, C) images, averaged over channels.
-
-    Gaussian window (11 x 11, sigma 1.5), K1 = 0.01, K2 = 0.03, population covariances, and
-    only windows that lie wholly inside the image: the same number as
-    skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=..., channel_axis=-1). None when a side is
-    shorter than the window. Computed in float64 with separable convolutions.
-    """
-    height, width, channels = target.shape
-    if min(height, width) < window:
-        return None
-    taps = gaussian_window(window, sigma, device=target.device)
-    kernel_x = taps.reshape(1, 1, 1, window).expand(channels, 1, 1, window)
-    kernel_y = taps.reshape(1, 1, window, 1).expand(channels, 1, window, 1)
-
-    def blur(image: torch.Tensor) -> torch.Tensor:   # (1, C, H, W) -> (1, C, H-10, W-10), per channel
-        return F.conv2d(F.conv2d(image, kernel_x, groups=channels), kernel_y, groups=channels)
-
-    x = prediction.double().permute(2, 0, 1)[None]
-    y = target.double().permute(2, 0, 1)[None]
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return float(ssim_map.mean())
 
 
 def data_range_of(target: torch.Tensor, info: dict) -> float:

@@ -494,8 +494,9 @@ def evaluate(model: NerfModel, views: Views, *, max_views: int | None = None, wi
         rgba = views.pixels[index].float() / 255.0
         target = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
         psnrs.append(psnr(out["rgb"], target))
-        if with_ssim and min(views.width, views.height) >= 11:
-            ssims.append(ssim(out["rgb"], target))
+        value = ssim(out["rgb"], target) if with_ssim else None
+        if value is not None:
+            ssims.append(value)
     result = {"psnr": float(np.mean(psnrs)) if psnrs else None, "n_eval_views": count}
     if ssims:
         result["ssim"] = float(np.mean(ssims))
@@ -747,7 +748,7 @@ def render_frames_to_folder(job_dir: Path, cameras: Path, out_dir: Path, *, outp
             if rgba.shape[:2] == (view.height, view.width):
                 target = rgba[..., :3] * rgba[..., 3:] + torch.tensor(bg, device=device) * (1 - rgba[..., 3:])
                 entry["psnr"] = psnr(out["rgb"], target)
-                entry["ssim"] = ssim(out["rgb"], target) if min(view.width, view.height) >= 11 else None
+                entry["ssim"] = ssim(out["rgb"], target)
                 psnrs.append(entry["psnr"])
                 if entry["ssim"] is not None:
                     ssims.append(entry["ssim"])
