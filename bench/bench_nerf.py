@@ -90,12 +90,10 @@ def time_mesh(model, normalization, device, out: Path, resolution: int = 512) ->
     timings: dict = {}
     sync(device)
     clock = time.perf_counter()
-    nerf.write_nerf_mesh(model, normalization, out, resolution=resolution, threshold=model.config.mesh.threshold,
-                         device=device, timings=timings)
+    counts = nerf.write_nerf_mesh(model, normalization, out, resolution=resolution,
+                                  threshold=model.config.mesh.threshold, device=device, timings=timings)
     sync(device)
-    from inr_backend.plyio import read_ply
-    vertices, faces, _ = read_ply(out)
-    return {"resolution": resolution, "seconds": time.perf_counter() - clock, "n_faces": int(len(faces)),
+    return {"resolution": resolution, "seconds": time.perf_counter() - clock, "n_faces": counts["n_faces"],
             **{k: round(v, 3) for k, v in timings.items()}}
 
 

@@ -330,11 +330,11 @@ def _fit_nerf(args) -> int:
     inputs = job_dir / protocol.INPUTS_DIR
     inputs.mkdir(parents=True)
     if dataset.is_dir():
-        link = inputs / "dataset"
-        shutil.copytree(dataset, link)
+        dataset_input = inputs / "dataset"
+        shutil.copytree(dataset, dataset_input)
     else:  # a transforms file: its folder is the dataset
         shutil.copytree(dataset.parent, inputs / "dataset")
-        link = inputs / "dataset" / dataset.name
+        dataset_input = inputs / "dataset" / dataset.name
     config = {"preset": args.preset, "model": args.model, "background": args.background, "device": args.device,
               "seed": args.seed, "mesh": args.mesh, "mesh_resolution": args.mesh_resolution}
     if args.seconds is not None:
@@ -345,7 +345,7 @@ def _fit_nerf(args) -> int:
         config["mesh_threshold"] = args.mesh_threshold
     if args.scene_box is not None:
         config["scene_box"] = [args.scene_box[:3], args.scene_box[3:]]
-    job = protocol.make_job("nerf", inputs={"dataset": link.relative_to(job_dir).as_posix()}, config=config,
+    job = protocol.make_job("nerf", inputs={"dataset": dataset_input.relative_to(job_dir).as_posix()}, config=config,
                             source={"dataset": str(dataset.resolve())})
     protocol.write_job(job_dir, job)
     stream = sys.stdout if args.json else _HumanReadable(sys.stderr)

@@ -673,7 +673,8 @@ def run_nerf_job(ctx) -> dict:
         ctx.phase("extracting mesh")
         clock = time.perf_counter()
         try:
-            mesh_path = write_nerf_mesh(model, normalization, ctx.output_path("mesh.ply"),
+            mesh_path = ctx.output_path("mesh.ply")
+            write_nerf_mesh(model, normalization, mesh_path,
                                         resolution=config.mesh.resolution, threshold=config.mesh.threshold,
                                         device=device, timings=timings)
             outputs["mesh"] = f"{protocol.OUTPUTS_DIR}/{mesh_path.name}"
@@ -684,13 +685,14 @@ def run_nerf_job(ctx) -> dict:
 
 
 def write_nerf_mesh(model: NerfModel, normalization: dict, path: Path, *, resolution: int, threshold: float,
-                    device, timings: dict | None = None) -> Path:
+                    device, timings: dict | None = None) -> dict:
+    """Extract the coloured mesh into ``path`` (world coordinates); returns its vertex and face counts."""
     from ..geometry.extract import to_world
     from ..plyio import write_ply
     vertices, faces, colors = extract_nerf_mesh(model, resolution=resolution, threshold=threshold, device=device,
                                                 timings=timings)
     write_ply(path, to_world(vertices, normalization), faces, vertex_colors=colors)
-    return path
+    return {"n_vertices": int(len(vertices)), "n_faces": int(len(faces))}
 
 
 def _write_preview(model: NerfModel, views: Views, path: Path, config: NerfConfig) -> None:
@@ -772,10 +774,6 @@ def extract_to_file(job_dir: Path, out: Path, *, resolution: int = 256, threshol
         threshold = model.config.mesh.threshold
     clock = time.perf_counter()
     timings: dict[str, float] = {}
-    write_nerf_mesh(model, meta["normalization"], Path(out), resolution=resolution, threshold=threshold,
-                    device=device, timings=timings)
-    from ..plyio import read_ply
-    mesh = read_ply(out)
-    vertices, faces = mesh[0], mesh[1]
-    return {"seconds": time.perf_counter() - clock, "n_vertices": int(len(vertices)), "n_faces": int(len(faces)),
-            "timings": timings}
+    counts = write_nerf_mesh(model, meta["normalization"], Path(out), resolution=resolution, threshold=threshold,
+                             device=device, timings=timings)
+    return {"seconds": time.perf_counter() - clock, **counts, "timings": timings}
