@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=_fit_mesh)
     _add_image_commands(commands)
     _add_nerf_commands(commands)
+    from .selftest import add_command as add_selftest_command  # `selftest`: can this Python run the backend?
+    add_selftest_command(commands)
     return parser
 
 
