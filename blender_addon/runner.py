@@ -15,11 +15,15 @@ Guarantees for the caller:
   lines of backend.log / backend.stderr.log, followed by ``done`` {status: failed};
 * ``cancel()`` never blocks: it writes ``cancel`` to the child's stdin, and a watchdog thread
   terminates, then kills, a child that does not finish within the grace period;
-* ``stop_all()`` (called from the add-on's ``unregister()``) ends every child still running.
+* ``stop_all()`` (called from the add-on's ``unregister()``, and at interpreter exit as a
+  safety net) ends every child still running, except those started with ``keep_running``:
+  those run ``run --keep-running`` in their own session, so they outlive Blender on purpose
+  (the Jobs panel re-attaches to them later; only an explicit cancel stops them).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import subprocess
@@ -81,12 +85,15 @@ class BackendRunner:
     """
 
     def __init__(self, *, pythonpath: str | None = BACKEND_PYTHONPATH, grace: float = DEFAULT_GRACE,
-                 kill_after: float = DEFAULT_KILL_AFTER, env: dict[str, str] | None = None) -> None:
+                 kill_after: float = DEFAULT_KILL_AFTER, env: dict[str, str] | None = None,
+                 keep_running: bool = False) -> None:
         self.pythonpath = pythonpath
+        self.keep_running = keep_running   # outlives Blender: see the module docstring
         self.grace = grace
         self.kill_after = kill_after
         self.extra_env = dict(env or {})
         self.python: str | None = None
+        self.args: list[str] = []
         self.job_dir: Path | None = None
         self.process: subprocess.Popen | None = None
         self.messages: queue.Queue[Message] = queue.Queue()
@@ -109,7 +116,10 @@ class BackendRunner:
         self.job_dir = Path(job_dir).resolve()
         self.job_dir.mkdir(parents=True, exist_ok=True)
         self.started_at = time.monotonic()
-        command = [self.python] + (list(args) if args is not None else ["-m", "inr_backend", "run", str(self.job_dir)])
+        if args is None:
+            args = ["-m", "inr_backend", "run", str(self.job_dir)] + (["--keep-running"] if self.keep_running else [])
+        self.args = list(args)
+        command = [self.python] + self.args
         env = dict(os.environ)
         env.update(self.extra_env)
         if self.pythonpath:
@@ -119,7 +129,10 @@ class BackendRunner:
         self._stderr_handle = open(self.job_dir / STDERR_FILE, "ab")
         popen_kwargs: dict[str, Any] = {}
         if os.name == "nt":
-            popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0) | (
+                getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if self.keep_running else 0)
+        elif self.keep_running:
+            popen_kwargs["start_new_session"] = True   # no SIGHUP / Ctrl+C from Blender's terminal
         try:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr_handle,
@@ -258,6 +271,12 @@ class BackendRunner:
         return None if self.process is None else self.process.poll()
 
     @property
+    def is_run_command(self) -> bool:
+        """True for ``-m inr_backend run JOB_DIR ...`` (training), False for render/extract/resample."""
+        args = getattr(self, "args", None) or []
+        return args[:3] == ["-m", "inr_backend", "run"]
+
+    @property
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -360,15 +379,29 @@ def running_runners() -> list[BackendRunner]:
         return [runner for runner in _RUNNERS if runner.is_alive]
 
 
-def stop_all(timeout: float = 5.0) -> int:
-    """End every backend child this module started (the add-on's unregister()). Returns how many."""
-    runners = running_runners()
+def stop_all(timeout: float = 5.0, *, include_kept: bool = False) -> int:
+    """End every backend child this module started (the add-on's unregister()). Returns how many.
+
+    Children started with ``keep_running`` are left alone unless ``include_kept``."""
+    runners = [runner for runner in running_runners() if include_kept or not runner.keep_running]
     for runner in runners:
         runner.cancel()
     deadline = time.monotonic() + timeout
     for runner in runners:
         runner.stop(timeout=max(0.0, deadline - time.monotonic()))
     return len(runners)
+
+
+def _stop_at_exit() -> None:
+    """Safety net: Blender quits without unregistering (a script's sys.exit, a failing add-on):
+    still no orphaned backend. (A crash is covered by the backend itself: end of stdin cancels.)"""
+    try:
+        stop_all(timeout=5.0)
+    except Exception:  # noqa: BLE001 - nothing may fail at interpreter exit
+        pass
+
+
+atexit.register(_stop_at_exit)
 
 
 def missing_module_hint(python: str | None, log_text: str) -> str | None:
