@@ -44,6 +44,8 @@ DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 FRAME_KEYS = ("file_path", "transform_matrix") + INTRINSIC_KEYS + DISTORTION_KEYS + ("camera_model",)
 DEFAULT_CAMERA_MODEL = "OPENCV"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr")
+MAX_IMAGE_SIDE = 65536          # Blender's limit on an image side, far above any camera's
+MAX_NAME_BYTES = 255            # a longer file name cannot exist on common file systems
 
 
 class DatasetError(ValueError):
@@ -86,10 +88,20 @@ class Dataset:
 
 
 def confined_path(root: Path, file_path: str, where: str = "") -> Path:
-    """``root / file_path`` normalized, or DatasetError if it is absolute or climbs out of root."""
+    """``root / file_path`` normalized, or DatasetError if it is absolute or climbs out of root.
+
+    Symbolic links are checked separately, on the file itself (``check_inside``), since the
+    name alone cannot tell where a link points.
+    """
     label = f"{where}: " if where else ""
     if not isinstance(file_path, str) or not file_path.strip():
-        raise DatasetError(f"{label}file_path must be a non-empty string, got {file_path!r}")
+        raise DatasetError(f"{label}file_path must be a non-empty string, got {file_path!r:.100}")
+    if any(ord(ch) < 32 for ch in file_path):
+        raise DatasetError(f"{label}file_path {file_path!r:.100} holds control characters (NUL, newline, ...): "
+                           "give the image's plain relative path")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in file_path.replace("\\", "/").split("/")):
+        raise DatasetError(f"{label}file_path {file_path[:60]!r}... has a name longer than {MAX_NAME_BYTES} bytes, "
+                           "which no file can have")
     if (PurePosixPath(file_path).is_absolute() or PureWindowsPath(file_path).is_absolute()
             or PureWindowsPath(file_path).drive):
         raise DatasetError(f"{label}file_path {file_path!r} is absolute; a dataset's images must be given "
@@ -101,14 +113,34 @@ def confined_path(root: Path, file_path: str, where: str = "") -> Path:
     return Path(root).absolute() / normal
 
 
+def check_inside(root: Path, path: Path, where: str = "") -> Path:
+    """``path`` if it stays inside ``root`` once symbolic links are followed, else DatasetError.
+
+    A dataset from elsewhere could hold ``images/0001.png -> /home/you/secret.png``; the name
+    passes ``confined_path``, the link does not pass this.
+    """
+    label = f"{where}: " if where else ""
+    try:
+        real_root, real = Path(root).resolve(), Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise DatasetError(f"{label}cannot resolve {path} ({exc})") from None
+    if real != real_root and real_root not in real.parents:
+        raise DatasetError(f"{label}{Path(path).name} is a link to {real}, outside the dataset folder ({root}); "
+                           "copy the image into the dataset instead of linking to it")
+    return path
+
+
 def image_path(path: Path) -> Path:
     """The image file a file_path names: as is, or with .png (etc.) added when it has no extension."""
-    if path.exists() or path.suffix.lower() in IMAGE_SUFFIXES:
+    try:
+        if path.exists() or path.suffix.lower() in IMAGE_SUFFIXES:
+            return path
+        for suffix in IMAGE_SUFFIXES:
+            candidate = path.with_name(path.name + suffix)
+            if candidate.exists():
+                return candidate
+    except OSError:  # a name the file system cannot hold: reported when the image is read
         return path
-    for suffix in IMAGE_SUFFIXES:
-        candidate = path.with_name(path.name + suffix)
-        if candidate.exists():
-            return candidate
     return path.with_name(path.name + ".png")
 
 
@@ -139,18 +171,33 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def _number(value: Any, key: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DatasetError(f"{where}: {key} must be a number, got {value!r}")
-    value = float(value)
+        raise DatasetError(f"{where}: {key} must be a number, got {value!r:.100}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float range
+        value = math.inf
     if not math.isfinite(value):
-        raise DatasetError(f"{where}: {key} is {value}")
+        raise DatasetError(f"{where}: {key} is {value}: give a finite number")
     return value
 
 
 def _size(value: Any, key: str, where: str) -> int:
     number = _number(value, key, where)
     if number <= 0 or number != int(number):
-        raise DatasetError(f"{where}: {key} must be a positive whole number of pixels, got {value!r}")
+        raise DatasetError(f"{where}: {key} must be a positive whole number of pixels, got {value!r:.100}")
+    if number > MAX_IMAGE_SIDE:
+        raise DatasetError(f"{where}: {key} is {value!r:.100} pixels, more than any image can have "
+                           f"(at most {MAX_IMAGE_SIDE})")
     return int(number)
+
+
+def _focal_from_angle(values: dict[str, Any], key: str, size: int, where: str) -> float:
+    """The focal length in pixels for a field of view ``values[key]`` (radians) across ``size`` pixels."""
+    angle = _number(values[key], key, where)
+    if not 0.0 < angle < math.pi:
+        raise DatasetError(f"{where}: {key} is {angle:g} radians; a field of view must lie strictly between "
+                           "0 and pi (180 degrees)")
+    return 0.5 * size / math.tan(0.5 * angle)
 
 
 def _matrix(value: Any, where: str) -> np.ndarray:
@@ -164,6 +211,13 @@ def _matrix(value: Any, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: transform_matrix is {matrix.shape}, expected 4x4")
     if not np.all(np.isfinite(matrix)):
         raise DatasetError(f"{where}: transform_matrix has NaN or infinite values")
+    if np.max(np.abs(matrix[3] - (0.0, 0.0, 0.0, 1.0))) > 1e-6:
+        raise DatasetError(f"{where}: transform_matrix's last row is {matrix[3].tolist()}, expected [0, 0, 0, 1] "
+                           "(a camera-to-world matrix)")
+    axes = np.linalg.norm(matrix[:3, :3], axis=0)
+    if not np.all(axes > 1e-12) or abs(np.linalg.det(matrix[:3, :3])) <= 1e-9 * float(np.prod(axes)):
+        raise DatasetError(f"{where}: transform_matrix's rotation is degenerate (an axis of length 0, or axes "
+                           "in one plane): it is not a camera pose")
     return matrix
 
 
@@ -182,16 +236,16 @@ def _intrinsics(values: dict[str, Any], path: Path, where: str) -> Intrinsics:
     if "fl_x" in values:
         fl_x = _number(values["fl_x"], "fl_x", where)
     elif "camera_angle_x" in values:
-        fl_x = 0.5 * w / math.tan(0.5 * _number(values["camera_angle_x"], "camera_angle_x", where))
+        fl_x = _focal_from_angle(values, "camera_angle_x", w, where)
     else:
         raise DatasetError(f"{where}: no focal length (needs fl_x or camera_angle_x, at the top level or in the frame)")
     if "fl_y" in values:
         fl_y = _number(values["fl_y"], "fl_y", where)
     elif "camera_angle_y" in values:
-        fl_y = 0.5 * h / math.tan(0.5 * _number(values["camera_angle_y"], "camera_angle_y", where))
+        fl_y = _focal_from_angle(values, "camera_angle_y", h, where)
     else:
         fl_y = fl_x
-    if not (fl_x > 0 and fl_y > 0):
+    if not (fl_x > 0 and fl_y > 0 and math.isfinite(fl_x) and math.isfinite(fl_y)):
         raise DatasetError(f"{where}: focal lengths must be positive, got fl_x={fl_x}, fl_y={fl_y}")
     cx = _number(values["cx"], "cx", where) if "cx" in values else 0.5 * w
     cy = _number(values["cy"], "cy", where) if "cy" in values else 0.5 * h
@@ -205,8 +259,11 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer of
+        # more than 4300 digits; RecursionError: arrays nested thousands deep.
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise DatasetError(f"{path} is not valid JSON: {detail}") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with 'frames'")
     frames_data = data.get("frames")
@@ -225,14 +282,16 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
             if key not in item:
                 raise DatasetError(f"{where}: missing '{key}'")
         name = item["file_path"]
-        where = f"{path.name}, frame {index} ({name!r})"
-        file_path = image_path(confined_path(root, name, where))
+        where = f"{path.name}, frame {index} ({name!r:.100})"
+        file_path = check_inside(root, image_path(confined_path(root, name, where)), where)
         c2w = _matrix(item["transform_matrix"], where)
         values = {**top, **{key: item[key] for key in INTRINSIC_KEYS + DISTORTION_KEYS + ("camera_model",)
                             if key in item}}
         intrinsics = _intrinsics(values, file_path, where)
         distortion = {key: _number(values[key], key, where) for key in DISTORTION_KEYS if key in values}
-        camera_model = str(values.get("camera_model", DEFAULT_CAMERA_MODEL))
+        camera_model = values.get("camera_model", DEFAULT_CAMERA_MODEL)
+        if not isinstance(camera_model, str):
+            raise DatasetError(f"{where}: camera_model must be a name such as OPENCV, got {camera_model!r:.100}")
         extra = {key: value for key, value in item.items() if key not in FRAME_KEYS}
         frames.append(Frame(file_path=file_path, c2w=c2w, intrinsics=intrinsics, distortion=distortion,
                             camera_model=camera_model, name=name, extra=extra))

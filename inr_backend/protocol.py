@@ -46,6 +46,20 @@ CHECKPOINTS_DIR = "checkpoints"
 
 STATUSES = ("done", "failed", "cancelled")
 
+# The input each task reads (job.json ``inputs``): a job without it could only fail later
+# with a KeyError, so validate_job refuses it up front.
+REQUIRED_INPUTS = {"sdf": "mesh", "occupancy": "mesh", "image": "image", "nerf": "dataset"}
+
+# Mesh jobs take at most this many triangles. The ground truth costs time in proportion to
+# the triangle count (winding numbers over ~F/64 clusters for every sample point): a 1M
+# triangle mesh already takes minutes to sample on a CPU, and a neural field extracted at
+# 512^3 cannot hold more detail than ~1M triangles carry. Both the add-on and the backend
+# check it before they read or copy the mesh any further.
+MAX_MESH_FACES = 2_000_000
+
+# A path component longer than this cannot be a file on any common file system (NAME_MAX).
+MAX_NAME_BYTES = 255
+
 # Message type -> fields it must carry (others are allowed and passed through).
 MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "started": ("task", "device"),
@@ -86,16 +100,50 @@ def encode_message(message: dict[str, Any]) -> str:
     return json.dumps(_finite(message), separators=(",", ":"), allow_nan=False)
 
 
+# Types of the fields a reader uses (None allowed where the backend sends null for "unknown").
+# Checked on parsing, so a line that passes can be used as it is: a progress ``step`` that is
+# a string would otherwise break the add-on's progress bar on its timer.
+_TEXT, _COUNT, _NUMBER_OR_NULL = "text", "count", "number or null"
+_FIELD_TYPES: dict[str, dict[str, str]] = {
+    "started": {"task": _TEXT, "device": _TEXT},
+    "progress": {"step": _COUNT, "total": _COUNT, "loss": _NUMBER_OR_NULL, "elapsed": _NUMBER_OR_NULL,
+                 "eta": _NUMBER_OR_NULL},
+    "preview": {"path": _TEXT},
+    "warning": {"message": _TEXT},
+    "error": {"message": _TEXT},
+    "done": {},
+}
+
+
+def _field_ok(value: Any, kind: str) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if kind == _COUNT:
+        return isinstance(value, int) and value >= 0
+    return value is None or (isinstance(value, (int, float)) and math.isfinite(value))
+
+
 def parse_message(line: str) -> dict[str, Any]:
-    """The message on one stdout line; ProtocolError for anything else."""
+    """The message on one stdout line; ProtocolError for anything else.
+
+    A message that parses has the fields its type needs, with usable types (see
+    ``_FIELD_TYPES``); other fields are passed through as they are.
+    """
     try:
         message = json.loads(line)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number/nesting too large
         raise ProtocolError(f"not a protocol message (not JSON): {line[:200]!r}") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError(f"not a protocol message (no 'type'): {line[:200]!r}")
     fields = dict(message)
-    return make_message(fields.pop("type"), **fields)
+    kind = fields.pop("type")
+    parsed = make_message(kind, **fields)
+    for name, field_kind in _FIELD_TYPES[kind].items():
+        if not _field_ok(parsed[name], field_kind):
+            raise ProtocolError(f"message {kind!r}: {name} must be a {field_kind}, got {parsed[name]!r:.100}")
+    return parsed
 
 
 def _finite(value: Any) -> Any:
@@ -128,26 +176,58 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON document in ``path``; ProtocolError (naming ``what``) for anything unreadable."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except FileNotFoundError:
         raise ProtocolError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{what} is not valid JSON ({path}): {exc}") from None
+    except IsADirectoryError:
+        raise ProtocolError(f"{what} is a folder, not a file: {path}") from None
+    except OSError as exc:
+        raise ProtocolError(f"cannot read {what} ({path}): {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; so is an integer of more
+        # than 4300 digits. RecursionError: arrays nested thousands deep.
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ProtocolError(f"{what} is not valid JSON ({path}): {detail}. Fix or re-create the file") from None
+
+
+def check_relative_path(relative: Any, what: str = "the job folder") -> str:
+    """``relative`` if it is a usable relative path string, else ProtocolError saying why.
+
+    Refused: non-strings, empty strings, absolute paths (POSIX or Windows, drive letters),
+    NUL or other control characters, and names longer than a file system allows.
+    """
+    if not isinstance(relative, str) or not relative.strip():
+        raise ProtocolError(f"expected a relative path inside {what}, got {relative!r:.100}")
+    if any(ord(ch) < 32 for ch in relative):
+        raise ProtocolError(f"path {relative!r:.100} holds control characters (NUL, newline, ...): "
+                            f"give a plain relative path inside {what}")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or ":" in relative:
+        raise ProtocolError(f"path {relative!r:.100} must be relative to {what}")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in relative.replace("\\", "/").split("/")):
+        raise ProtocolError(f"path {relative!r:.60}... has a name longer than {MAX_NAME_BYTES} bytes")
+    return relative
 
 
 def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
-    """``folder / relative``, refusing absolute paths and paths that climb out of folder."""
-    if not isinstance(relative, str) or not relative:
-        raise ProtocolError(f"expected a relative path inside {folder}, got {relative!r}")
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or ":" in relative:
-        raise ProtocolError(f"path {relative!r} must be relative to the job folder")
+    """``folder / relative``, refusing absolute paths and paths that climb out of folder.
+
+    Symbolic links are followed before the check, so a link inside the folder that points
+    outside it is refused too (a job folder or dataset from elsewhere cannot make the backend
+    read, or overwrite, files outside it).
+    """
+    check_relative_path(relative, "the job folder")
     root = Path(folder).resolve()
-    target = (root / relative).resolve()
+    try:
+        target = (root / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ProtocolError(f"path {relative!r:.100} cannot be resolved ({exc})") from None
     if root != target and root not in target.parents:
-        raise ProtocolError(f"path {relative!r} leaves the job folder")
+        raise ProtocolError(f"path {relative!r:.100} leaves the job folder {root} (through '..' or a "
+                            "symbolic link): keep the job's files inside its folder")
     return target
 
 
@@ -186,19 +266,24 @@ def validate_job(job: Any) -> dict[str, Any]:
             f"job.json has schema_version {version}, but this backend understands up to "
             f"{SCHEMA_VERSION}: update the backend (or the add-on) so both are the same release")
     if version < 1:
-        raise ProtocolError(f"job.json has an invalid schema_version {version}")
+        raise ProtocolError(f"job.json has an invalid schema_version {version} (versions start at 1): "
+                            "re-create the job from the add-on or the command line")
     task = job.get("task")
     if task not in TASKS:
         raise ProtocolError(f"job.json task must be one of {', '.join(TASKS)}, got {task!r}")
-    for key in ("inputs", "config", "outputs"):
+    for key in ("inputs", "config", "outputs", "source"):
         if not isinstance(job.get(key, {}), dict):
             raise ProtocolError(f"job.json {key!r} must be a JSON object")
     inputs = job.get("inputs", {})
-    if task == "sdf" and "mesh" not in inputs:
-        raise ProtocolError("an sdf job needs inputs.mesh (a mesh file inside the job folder)")
+    required = REQUIRED_INPUTS[task]
+    if required not in inputs:
+        what = {"mesh": "a mesh file", "image": "an image file", "dataset": "a dataset folder"}[required]
+        raise ProtocolError(f"{'a' if task == 'nerf' else 'an'} {task} job needs inputs.{required} "
+                            f"({what} inside the job folder)")
     for name, value in inputs.items():
         if not isinstance(value, str):
-            raise ProtocolError(f"job.json inputs.{name} must be a path string")
+            raise ProtocolError(f"job.json inputs.{name} must be a path string, got {value!r:.100}")
+        check_relative_path(value)
     return job
 
 
