@@ -23,16 +23,26 @@ def _camera_data(obj):
 
 
 def camera_model_from_object(obj, scene) -> CameraModel:
-    """The camera model of a perspective camera object rendered with ``scene``'s settings."""
+    """The camera model of a perspective camera object rendered with ``scene``'s settings.
+
+    Checked to give a usable image (CameraError naming the camera otherwise: an image of 0
+    pixels at a low resolution percentage, a non-positive lens or sensor), so every caller
+    (Render Capture, Use Photos, NeRF renders) refuses such a camera by name.
+    """
     camera = _camera_data(obj)
     render = scene.render
-    return CameraModel(
+    model = CameraModel(
         lens_mm=float(camera.lens), sensor_width_mm=float(camera.sensor_width),
         sensor_height_mm=float(camera.sensor_height), sensor_fit=str(camera.sensor_fit),
         shift_x=float(camera.shift_x), shift_y=float(camera.shift_y),
         resolution_x=int(render.resolution_x), resolution_y=int(render.resolution_y),
         resolution_percentage=int(render.resolution_percentage),
         pixel_aspect_x=float(render.pixel_aspect_x), pixel_aspect_y=float(render.pixel_aspect_y))
+    try:
+        cameras.intrinsics_from_camera(model)
+    except CameraError as exc:
+        raise CameraError(f"Camera '{obj.name}': {exc}") from None
+    return model
 
 
 def camera_to_world(obj) -> np.ndarray:

@@ -185,6 +185,14 @@ def create_cameras(context, plans: list[PlannedCamera], collection_name: str):
             camera_io.apply_camera_model(obj, scene, plan.model)
             camera_io.set_camera_to_world(obj, plan.c2w)
             image = bpy.data.images.load(str(plan.image), check_existing=True)
+            # Blender loads a corrupt or truncated file without complaint, as an empty image (its
+            # header alone passed plan_import); decoding it once here finds that, and freeing the
+            # decoded pixels again keeps a dataset of hundreds of photos from filling memory.
+            readable = image.has_data or tuple(image.size) != (0, 0)
+            image.buffers_free()
+            if not readable:
+                raise ImportFailed(f"Blender cannot read the image {plan.image} of camera '{plan.name}': the file "
+                                   "is corrupt or truncated. Export it again, or remove its frame from the dataset")
             background = data.background_images.new()
             background.image = image
             background.alpha = BACKGROUND_ALPHA
@@ -202,6 +210,8 @@ def create_cameras(context, plans: list[PlannedCamera], collection_name: str):
             bpy.data.images.remove(image)
         for key, value in saved_render.items():
             setattr(render, key, value)
+        if isinstance(exc, ImportFailed):
+            raise
         if isinstance(exc, (CameraError, DatasetError, RuntimeError, OSError)):
             raise ImportFailed(str(exc)) from None
         raise

@@ -46,22 +46,41 @@ class JobError(RuntimeError):
 
 
 def validate_mesh(vertices: np.ndarray, faces: np.ndarray, name: str = "the mesh") -> None:
-    """Raise InputError for a mesh the backend cannot learn a surface from."""
-    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    """Raise InputError for a mesh the backend cannot learn a surface from.
+
+    The triangle count is checked first, so a 5M-triangle sculpt is refused in milliseconds
+    before anything per-triangle runs; below the limit the area is summed in blocks, so the
+    check itself never needs more than a few tens of MB.
+    """
+    vertices = np.asarray(vertices).reshape(-1, 3)
     faces = np.asarray(faces).reshape(-1, 3)
     if len(vertices) == 0 or len(faces) == 0:
         raise InputError(f"'{name}' has no faces: a neural field needs a surface. Add faces (or remove the "
                          f"modifiers that delete them) and try again.")
-    if not np.all(np.isfinite(vertices)):
-        raise InputError(f"'{name}' has vertices with non-finite coordinates (NaN or infinity).")
+    if len(faces) > protocol.MAX_MESH_FACES:
+        ratio = int(protocol.MAX_MESH_FACES / len(faces) * 100) / 100
+        raise InputError(f"'{name}' has {len(faces):,} triangles (modifiers applied), more than the "
+                         f"{protocol.MAX_MESH_FACES:,} a neural field is trained from: add a Decimate modifier "
+                         f"(Collapse, ratio {ratio:.2f} or less) or lower its Subdivision levels, then try again.")
+    finite = np.isfinite(vertices).all(axis=1)
+    if not finite.all():
+        raise InputError(f"'{name}' has {int((~finite).sum()):,} of {len(vertices):,} vertices with non-finite "
+                         f"coordinates (NaN or infinity), usually from a modifier, a Geometry Nodes setup or an "
+                         f"import that divided by zero: fix or remove them (check the modifier stack, or "
+                         f"re-import the file), then try again.")
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise InputError(f"'{name}' has faces that point at missing vertices.")
+        raise InputError(f"'{name}' has faces that point at missing vertices: the mesh data is corrupt. "
+                         f"Run Mesh > Clean Up in Edit Mode, or re-import it.")
+    vertices = vertices.astype(np.float64, copy=False)
     diagonal = float(np.linalg.norm(vertices.max(axis=0) - vertices.min(axis=0)))
-    a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
-    area = 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
+    area = 0.0
+    for start in range(0, len(faces), 1 << 18):
+        block = faces[start:start + (1 << 18)]
+        a, b, c = vertices[block[:, 0]], vertices[block[:, 1]], vertices[block[:, 2]]
+        area += 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
     if diagonal <= 0.0 or area <= 1e-10 * diagonal * diagonal:
         raise InputError(f"'{name}' has zero surface area (all its vertices are coincident or on one line): "
-                         f"there is no surface to learn.")
+                         f"there is no surface to learn. Check its scale and modifiers.")
 
 
 # --------------------------------------------------------------------------- writing a job

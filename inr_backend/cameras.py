@@ -123,9 +123,14 @@ def intrinsics_from_camera(model: CameraModel) -> Intrinsics:
     w, h = effective_resolution(model)
     if w <= 0 or h <= 0:
         raise CameraError(f"The image would be {w}x{h} pixels: raise the resolution or its percentage")
-    if model.lens_mm <= 0 or model.sensor_width_mm <= 0 or model.sensor_height_mm <= 0:
-        raise CameraError("Lens and sensor sizes must be positive")
-    if model.pixel_aspect_x <= 0 or model.pixel_aspect_y <= 0:
+    numbers = (model.lens_mm, model.sensor_width_mm, model.sensor_height_mm, model.shift_x, model.shift_y,
+               model.pixel_aspect_x, model.pixel_aspect_y)
+    if not all(math.isfinite(float(value)) for value in numbers):
+        raise CameraError(f"The lens, sensor, shift or pixel aspect is not a finite number: {numbers}")
+    if not (model.lens_mm > 0 and model.sensor_width_mm > 0 and model.sensor_height_mm > 0):
+        raise CameraError(f"Lens and sensor sizes must be positive (focal length {model.lens_mm:g} mm, sensor "
+                          f"{model.sensor_width_mm:g} x {model.sensor_height_mm:g} mm): set a focal length above 0")
+    if not (model.pixel_aspect_x > 0 and model.pixel_aspect_y > 0):
         raise CameraError("The pixel aspect must be positive")
     fit = resolved_sensor_fit(model, w, h)
     sensor = model.sensor_height_mm if model.sensor_fit == "VERTICAL" else model.sensor_width_mm

@@ -112,6 +112,14 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def _is_exr(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"\x76\x2f\x31\x01"
+    except OSError:
+        return False
+
+
 def fibonacci_sphere(count: int) -> np.ndarray:
     i = np.arange(count, dtype=np.float64)
     z = 1.0 - (2.0 * i + 1.0) / count
@@ -182,6 +190,8 @@ def check_views(frames: Iterable[Any], *, center: Sequence[float] | None = None,
     # ---- images: present, sizes as declared, all one size
     sizes: list[tuple[int, int] | None] = []
     missing: list[str] = []
+    unreadable: list[str] = []
+    exr: list[str] = []
     disagree: list[str] = []
     for frame, name in zip(frames, names):
         intr = getattr(frame, "intrinsics", None)
@@ -192,9 +202,13 @@ def check_views(frames: Iterable[Any], *, center: Sequence[float] | None = None,
             path = Path(path)
             if not path.is_file():
                 missing.append(name)
+            elif _is_exr(path):
+                exr.append(name)
             else:
                 actual = _image_size(path)
-                if actual is not None and declared is not None and actual != declared:
+                if actual is None:
+                    unreadable.append(name)
+                elif declared is not None and actual != declared:
                     disagree.append(f"{name} is {actual[0]}x{actual[1]} but the transforms file says "
                                     f"{declared[0]}x{declared[1]}")
         sizes.append(actual or declared)
@@ -202,6 +216,15 @@ def check_views(frames: Iterable[Any], *, center: Sequence[float] | None = None,
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         report.errors.append(f"{len(missing)} of {n} images are missing: {', '.join(missing[:3])}{more}. "
                              "Re-render the capture or fix the file paths in transforms.json.")
+    if unreadable:
+        more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+        report.errors.append(f"{len(unreadable)} of {n} images cannot be read as PNG or JPEG (corrupt, truncated or another format): "
+                             f"{', '.join(unreadable[:3])}{more}. Re-render or re-export them as PNG or JPEG.")
+    if exr:
+        more = f" and {len(exr) - 3} more" if len(exr) > 3 else ""
+        report.errors.append(f"{len(exr)} of {n} images are OpenEXR ({', '.join(exr[:3])}{more}): NeRF training "
+                             "reads 8-bit PNG or JPEG photos. Render the capture to PNG (Render Capture does) or "
+                             "convert the images.")
     if disagree:
         more = f" ({len(disagree) - 2} more like it)" if len(disagree) > 2 else ""
         report.errors.append("Image sizes disagree with the cameras: " + "; ".join(disagree[:2]) + more +

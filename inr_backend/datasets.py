@@ -145,25 +145,97 @@ def image_path(path: Path) -> Path:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image: PNG headers directly, anything else through Pillow if present."""
+    """(width, height) of an image from its header: PNG, JPEG and OpenEXR directly (Blender's
+    Python has no Pillow), anything else through Pillow if present. DatasetError when the file
+    is missing or its header is not one of these."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(24)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                size = struct.unpack(">II", head[16:24])
+            elif head[:3] == b"\xff\xd8\xff":
+                handle.seek(2)
+                size = _jpeg_size(handle)
+            elif head[:4] == b"\x76\x2f\x31\x01":
+                handle.seek(8)
+                size = _exr_size(handle)
+            else:
+                size = None
     except OSError as exc:
-        raise DatasetError(f"cannot read image {path} to learn its size ({exc.strerror}); "
+        raise DatasetError(f"cannot read image {path} to learn its size ({exc.strerror or exc}); "
                            "give w and h in transforms.json or add the image") from None
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        return struct.unpack(">II", head[16:24])
+    except (struct.error, ValueError, EOFError):
+        raise DatasetError(f"image {path} is corrupt or truncated (its header cannot be read): "
+                           "export it again") from None
+    if size is not None:
+        if not (0 < size[0] <= MAX_IMAGE_SIDE and 0 < size[1] <= MAX_IMAGE_SIDE):
+            raise DatasetError(f"image {path} says it is {size[0]}x{size[1]} pixels: the file is corrupt")
+        return int(size[0]), int(size[1])
     try:
         from PIL import Image
     except ImportError:
-        raise DatasetError(f"{path} is not a PNG and Pillow is not installed, so its size is unknown: "
-                           "give w and h in transforms.json (or install Pillow)") from None
+        raise DatasetError(f"{path} is not a PNG, JPEG or OpenEXR image and Pillow is not installed, so its "
+                           "size is unknown: give w and h in transforms.json (or convert it to PNG)") from None
     try:
         with Image.open(path) as image:
             return image.size
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
-        raise DatasetError(f"cannot read the size of {path}: {exc}") from None
+        raise DatasetError(f"cannot read the size of {path} (is it an image? {exc}): "
+                           "convert it to PNG or JPEG") from None
+
+
+def _read_exactly(handle, count: int) -> bytes:
+    data = handle.read(count)
+    if len(data) != count:
+        raise EOFError
+    return data
+
+
+def _jpeg_size(handle) -> tuple[int, int]:
+    """(w, h) from a JPEG's start-of-frame marker; ``handle`` is just past the SOI marker."""
+    while True:
+        marker = _read_exactly(handle, 2)
+        while marker[0] == 0xFF and marker[1] == 0xFF:      # fill bytes
+            marker = marker[1:] + _read_exactly(handle, 1)
+        if marker[0] != 0xFF:
+            raise ValueError("not a JPEG marker")
+        kind = marker[1]
+        if kind in (0xD8, 0x01) or 0xD0 <= kind <= 0xD7:     # markers without a length
+            continue
+        if kind == 0xD9:
+            raise ValueError("no frame header before the end of the image")
+        length = struct.unpack(">H", _read_exactly(handle, 2))[0]
+        if length < 2:
+            raise ValueError("bad segment length")
+        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):   # SOF0..SOF15
+            _precision, height, width = struct.unpack(">BHH", _read_exactly(handle, 5))
+            return width, height
+        handle.seek(length - 2, 1)
+
+
+def _exr_size(handle) -> tuple[int, int]:
+    """(w, h) from an OpenEXR header's dataWindow; ``handle`` is just past magic and version."""
+    def cstring() -> bytes:
+        out = b""
+        while len(out) < 256:
+            byte = _read_exactly(handle, 1)
+            if byte == b"\0":
+                return out
+            out += byte
+        raise ValueError("attribute name too long")
+
+    while True:
+        name = cstring()
+        if not name:
+            raise ValueError("no dataWindow attribute")
+        cstring()
+        size = struct.unpack("<i", _read_exactly(handle, 4))[0]
+        if size < 0:
+            raise ValueError("bad attribute size")
+        value = _read_exactly(handle, size)
+        if name == b"dataWindow" and size == 16:
+            x_min, y_min, x_max, y_max = struct.unpack("<4i", value)
+            return x_max - x_min + 1, y_max - y_min + 1
 
 
 # --------------------------------------------------------------------------- reading

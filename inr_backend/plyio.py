@@ -82,7 +82,10 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if not data.startswith(b"ply") or end < 0:
         raise PlyError(f"{path} is not a PLY file")
     header = data[:end].decode("ascii", errors="replace").splitlines()
-    body_start = data.index(b"\n", end) + 1
+    newline = data.find(b"\n", end)
+    if newline < 0:
+        raise PlyError(f"{path}: corrupt or truncated PLY (the header does not end)")
+    body_start = newline + 1
     if "format binary_little_endian 1.0" not in [line.strip() for line in header]:
         raise PlyError(f"{path}: only binary little-endian PLY is supported here")
 
@@ -92,10 +95,14 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
         if not words:
             continue
         if words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise PlyError(f"{path}: corrupt PLY header line {line.strip()[:80]!r} (expected 'element NAME COUNT')")
             elements.append((words[1], int(words[2]), []))
         elif words[0] == "property":
             if not elements:
                 raise PlyError(f"{path}: property before any element")
+            if len(words) < 3 or (words[1] == "list" and len(words) != 5):
+                raise PlyError(f"{path}: corrupt PLY header line {line.strip()[:80]!r}")
             elements[-1][2].append(tuple(words[1:]))
 
     offset = body_start
@@ -122,7 +129,7 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
                     if len(channels) >= 3:
                         colors = np.stack([block[c] for c in channels], axis=1).astype(np.uint8)
             offset += dtype.itemsize * count
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:  # unknown types, a body shorter than the header says
         if isinstance(exc, PlyError):
             raise
         raise PlyError(f"{path}: corrupt or truncated PLY ({exc})") from None

@@ -8,10 +8,13 @@ that puts a mesh there (``inr_backend.protocol.make_normalization`` turns it int
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from ..protocol import MAX_MESH_FACES
 
 # Faces whose area is below this fraction of (bbox diagonal)^2 count as zero-area. Far below
 # what float32 coordinates can resolve, so only truly degenerate faces are dropped.
@@ -43,6 +46,9 @@ def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise MeshError(f"mesh file not found: {path}")
     if not path.is_file():
         raise MeshError(f"not a mesh file (a folder?): {path}")
+    declared = ply_face_count(path)
+    if declared is not None and declared > MAX_MESH_FACES:  # refused before reading it all
+        raise MeshError(f"{path}: {too_many_faces_message(declared)}")
     try:
         # process=False: we clean the arrays ourselves, the same way for every source.
         loaded = trimesh.load(str(path), process=False)
@@ -64,6 +70,30 @@ def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         return sanitize_mesh(vertices, faces)
     except MeshError as exc:
         raise MeshError(f"{path}: {exc}") from None
+
+
+def too_many_faces_message(count: int, name: str = "the mesh") -> str:
+    """What to say about a mesh over MAX_MESH_FACES triangles, with the Decimate ratio that fits."""
+    ratio = math.floor(MAX_MESH_FACES / count * 100) / 100
+    return (f"{name} has {count:,} triangles, more than the {MAX_MESH_FACES:,} a neural field is trained "
+            f"from: reduce it first (in Blender a Decimate modifier, Collapse, ratio {ratio:.2f} or less; or "
+            f"a lower Subdivision level)")
+
+
+def ply_face_count(path: Path) -> int | None:
+    """The face count a PLY file's header declares (None for other files or no face element)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    if not head.startswith(b"ply"):
+        return None
+    for line in head.split(b"end_header")[0].splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == b"element" and words[1] == b"face" and words[2].isdigit():
+            return int(words[2])
+    return None
 
 
 def _no_faces_message(path: Path, loaded: object) -> str:
@@ -92,6 +122,8 @@ def sanitize_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
     if len(faces) == 0:
         raise MeshError("the mesh has no faces (a point cloud or an empty mesh?): "
                         "the SDF needs a surface made of triangles")
+    if len(faces) > MAX_MESH_FACES:  # before any per-face work: bounded time and memory
+        raise MeshError(too_many_faces_message(len(faces)))
 
     finite = np.isfinite(vertices).all(axis=1)
     faces = faces[finite[faces].all(axis=1)]
