@@ -54,9 +54,19 @@ def run_selftest(*, device: str = "auto", steps: int = TRAINING_STEPS) -> dict:
         problems.append(f"this is Python {platform.python_version()}; the backend needs Python "
                         f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer: {SETUP_HINT}, or pick a newer Python")
 
-    torch = _import("torch", "torch", problems, verdict["versions"])
+    torch = _import("torch", "torch", verdict["versions"])
+    if isinstance(torch, str):
+        problems.append(f"cannot import torch ({torch}): this Python ({sys.executable}) has no working torch; "
+                        f"{SETUP_HINT}, or install torch into this Python")
+        torch = None
+    missing = {}
     for pip_name, module_name in REQUIREMENTS.items():
-        _import(pip_name, module_name, problems, verdict["versions"])
+        module = _import(pip_name, module_name, verdict["versions"])
+        if isinstance(module, str):
+            missing[pip_name] = f"{module_name}: {module}"
+    if missing:
+        problems.append(f"cannot import {', '.join(missing.values())}; {SETUP_HINT}, or install them with "
+                        f"'{sys.executable} -m pip install {' '.join(missing)}'")
     if torch is not None:
         verdict["torch"] = torch.__version__
         verdict["cuda"] = torch.version.cuda  # None for a CPU build
@@ -68,15 +78,14 @@ def run_selftest(*, device: str = "auto", steps: int = TRAINING_STEPS) -> dict:
     return verdict
 
 
-def _import(pip_name: str, module_name: str, problems: list[str], versions: dict):
+def _import(pip_name: str, module_name: str, versions: dict):
+    """The module, or why it cannot be imported (a str)."""
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        return "not installed" if exc.name == module_name else f"needs {exc.name}, which is not installed"
     except Exception as exc:  # noqa: BLE001 - a broken install raises anything (OSError for a bad DLL, ...)
-        reason = f"{type(exc).__name__}: {exc}".strip()
-        problems.append(f"cannot import {module_name} ({reason}): this Python ({sys.executable}) lacks "
-                        f"{pip_name}; {SETUP_HINT}, or install it with "
-                        f"'{sys.executable} -m pip install {pip_name}'")
-        return None
+        return f"{type(exc).__name__}: {exc}".strip()
     versions[pip_name] = str(getattr(module, "__version__", "unknown"))
     return module
 
