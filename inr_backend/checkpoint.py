@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .fields.networks import Field, field_config_from_dict
-from .protocol import ProtocolError, read_json, write_json_atomic
+from .protocol import ProtocolError, check_safetensors, read_json, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -40,6 +40,7 @@ def load_field(checkpoint_dir: str | os.PathLike, *, device: str | torch.device 
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"{directory / META_FILE} does not describe a field: {exc}") from None
     model = Field(config, in_dim=int(meta.get("in_dim", 3)), channels=meta.get("channels", {"sdf": 1}))
+    check_safetensors(directory / WEIGHTS_FILE)  # a pickle named like a checkpoint is refused by name
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     return model.to(device), meta
 
@@ -61,4 +62,5 @@ def load_tensors(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, torch.Ten
     meta = read_json(directory / META_FILE, "checkpoint description (model.json)")
     if not (directory / WEIGHTS_FILE).is_file():
         raise ProtocolError(f"{directory / WEIGHTS_FILE} is missing: the job has no finished checkpoint")
+    check_safetensors(directory / WEIGHTS_FILE)
     return load_file(str(directory / WEIGHTS_FILE), device="cpu"), meta

@@ -231,6 +231,46 @@ def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+# A safetensors file: an 8-byte little-endian header length, that many bytes of JSON, the raw
+# tensor bytes. A real header is a few KB; this bound stops a forged length early.
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def check_safetensors(path: str | os.PathLike) -> Path:
+    """``path`` if it looks like a safetensors file, else ProtocolError saying what it is.
+
+    Called before any weights are loaded, so a job folder from elsewhere whose
+    ``model.safetensors`` is really a pickle (or a ``torch.save`` zip, which unpickles too) is
+    refused by name; nothing in this project unpickles anything, and the check makes the
+    refusal a sentence instead of a deserializer's error.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            size = os.fstat(handle.fileno()).st_size
+            if len(head) == 8:
+                length = int.from_bytes(head, "little")
+                header = handle.read(min(length, 64)) if length <= MAX_SAFETENSORS_HEADER else b""
+            else:
+                length, header = -1, b""
+    except FileNotFoundError:
+        raise ProtocolError(f"checkpoint file {path} is missing: the job has no finished checkpoint") from None
+    except OSError as exc:
+        raise ProtocolError(f"cannot read checkpoint file {path}: {exc.strerror or exc}") from None
+    if 0 < length <= min(size - 8, MAX_SAFETENSORS_HEADER) and header.lstrip()[:1] == b"{":
+        return path
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        kind = "a Python pickle" if head[:1] == b"\x80" else "a zip archive (PyTorch's torch.save format, which unpickles)"
+        raise ProtocolError(f"checkpoint file {path} is {kind}, not safetensors: such files can run code when "
+                            "loaded, so it is refused. Only checkpoints written by this backend (safetensors) are "
+                            "loaded; train the job again")
+    raise ProtocolError(f"checkpoint file {path} is not a safetensors file (damaged, or not written by this "
+                        "backend): train the job again")
+
+
 # --------------------------------------------------------------------------- job.json
 
 

@@ -514,10 +514,13 @@ def load_image_field(checkpoint_dir: str | Path, *, device="cpu") -> tuple[Field
     """The image field saved by run_image_job (checkpoints/field/) and its model.json."""
     from safetensors.torch import load_file
 
+    from ..protocol import check_safetensors
+
     directory = Path(checkpoint_dir)
     meta = read_json(directory / META_FILE, "checkpoint description (model.json)")
     if meta.get("task") != "image":
         raise ProtocolError(f"{directory} holds a {meta.get('task')!r} field, not an image field")
+    check_safetensors(directory / WEIGHTS_FILE)  # a pickle named like a checkpoint is refused by name
     try:
         config = field_config_from_dict(meta["field"])
         model = Field(config, in_dim=2, channels=meta["channels"])
