@@ -2,10 +2,15 @@
 """Build the installable Blender extension zip.
 
     python build_addon.py [--out dist/neural_fields-0.1.0.zip]
+    python build_addon.py --legacy [--out dist/neural_fields-0.1.0-legacy.zip]
 
 The zip holds blender_addon/ (the manifest at its root) plus a copy of the inr_backend
 package's .py files at _vendor/inr_backend/, so the add-on imports the protocol it speaks,
 and starts the backend it shipped with, from the same release. Standard library only.
+
+--legacy writes the same files under one top folder ``neural_fields/``, without the manifest:
+the layout Blender's *Preferences > Add-ons > Install...* expects from a legacy add-on
+(``bl_info``), for Blender 3.4-4.1.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ def manifest() -> dict:
         return tomllib.load(handle)
 
 
-def default_out() -> Path:
+def default_out(*, legacy: bool = False) -> Path:
     data = manifest()
-    return ROOT / "dist" / f"{data['id']}-{data['version']}.zip"
+    suffix = "-legacy" if legacy else ""
+    return ROOT / "dist" / f"{data['id']}-{data['version']}{suffix}.zip"
 
 
 def _addon_files() -> list[tuple[Path, str]]:
@@ -62,11 +68,14 @@ def vendored_files() -> dict[str, Path]:
     return {name: path for path, name in _backend_files()}
 
 
-def build(out_path: str | Path | None = None) -> Path:
-    """Write the zip and return its path."""
-    out = Path(out_path) if out_path else default_out()
+def build(out_path: str | Path | None = None, *, legacy: bool = False) -> Path:
+    """Write the zip (the extension, or with ``legacy`` the bl_info add-on) and return its path."""
+    out = Path(out_path) if out_path else default_out(legacy=legacy)
     out.parent.mkdir(parents=True, exist_ok=True)
     entries = _addon_files() + [(None, f"{VENDOR_PREFIX}/__init__.py")] + _backend_files()
+    if legacy:
+        top = manifest()["id"]
+        entries = [(path, f"{top}/{name}") for path, name in entries if name != "blender_manifest.toml"]
     tmp = out.with_name(out.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path, name in entries:
@@ -81,8 +90,11 @@ def build(out_path: str | Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip())
     parser.add_argument("--out", type=Path, default=None, help=f"zip to write (default: {default_out().relative_to(ROOT)})")
+    parser.add_argument("--legacy", action="store_true",
+                        help="a legacy add-on zip (bl_info, one top folder) for Blender 3.4-4.1 "
+                             f"(default name: {default_out(legacy=True).relative_to(ROOT)})")
     args = parser.parse_args(argv)
-    print(build(args.out))
+    print(build(args.out, legacy=args.legacy))
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import bpy
 import numpy as np
 
-from . import jobs, runner
+from . import compat, jobs, runner
 from ._backend import protocol
 
 ADDON_ID = __package__
@@ -56,6 +56,11 @@ class ConversionSettings:
         return jobs.make_config(preset=self.preset, network=self.network, resolution=self.resolution,
                                 device=self.device, seed=self.seed, max_steps=self.max_steps or None)
 
+    def record(self) -> dict[str, Any]:
+        """What the result object records about how it was made (no paths: they are per machine)."""
+        return {"preset": self.preset, "network": self.network, "resolution": int(self.resolution),
+                "seed": int(self.seed), "max_steps": int(self.max_steps), "device": self.device}
+
 
 # --------------------------------------------------------------------------- settings
 
@@ -67,10 +72,11 @@ def addon_preferences(context=None):
 
 
 def default_jobs_root() -> Path:
-    """The add-on's user folder ``.../extensions/.user/<repo>/neural_fields/jobs``, else a temp folder."""
+    """The add-on's user folder ``.../extensions/.user/<repo>/neural_fields/jobs`` (a legacy
+    add-on: ``<config>/neural_fields/jobs``), else a temp folder."""
     try:
-        return Path(bpy.utils.extension_path_user(ADDON_ID, path="jobs", create=True))
-    except Exception:  # not installed as an extension (a source checkout, an old Blender)
+        return compat.user_data_dir(ADDON_ID, subdir="jobs")
+    except Exception:  # not installed at all (a source checkout imported by a test)
         path = Path(tempfile.gettempdir()) / "neural_fields_jobs"
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -102,6 +108,24 @@ def object_problem(obj) -> str | None:
     if obj.type != 'MESH':
         return f"'{obj.name}' is a {obj.type.lower()}, not a mesh: select a mesh object"
     return None
+
+
+def keep_jobs_on_quit(context=None) -> bool:
+    """The preference *Keep Jobs Running on Quit*: training runs start with --keep-running."""
+    return bool(getattr(addon_preferences(context), "keep_jobs_on_quit", False))
+
+
+def note_job(event: str, context, job_dir, task: str = "", source: str = "") -> None:
+    """Tell the Jobs panel (job_manager) that the scene waits for a job ("started") or no longer
+    does ("finished"); a no-op when job_manager is not registered."""
+    try:
+        from . import job_manager
+        if event == "started":
+            job_manager.note_started(context, job_dir, task, source)
+        else:
+            job_manager.note_finished(job_dir)
+    except (ImportError, AttributeError, RuntimeError) as exc:
+        print(f"Neural Fields: cannot note the job {job_dir}: {exc}")
 
 
 def active_job() -> "ConversionJob | None":
@@ -275,6 +299,7 @@ class ConversionJob(BackendJob):
             raise ConversionError("the conversion is still running: poll() until finished, or cancel() it")
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        note_job("finished", context, self.job_dir)
         status = self.status
         if status == "cancelled":
             return None
@@ -290,7 +315,7 @@ class ConversionJob(BackendJob):
             raise ConversionError(f"'{self.source_name}' was deleted or renamed while it was being converted; "
                                   f"the result is in {self.job_dir}")
         new_object = import_mesh_object(context, source, vertices, faces, self.job_dir, result,
-                                        suffix=self.settings.task)
+                                        suffix=self.settings.task, settings=self.settings.record())
         self.new_object_name = new_object.name
         return new_object
 
@@ -319,9 +344,10 @@ def start_conversion(context, obj, settings: ConversionSettings | None = None) -
     except OSError as exc:
         raise ConversionError(f"Cannot write the job folder under {jobs_root}: {exc}. Choose another jobs folder "
                               f"in {runner.PREFERENCES_HINT.removeprefix('Set it in ')}") from None
-    backend = runner.BackendRunner().start(settings.python or None, job_dir)
+    backend = runner.BackendRunner(keep_running=keep_jobs_on_quit(context)).start(settings.python or None, job_dir)
     job = ConversionJob(obj, job_dir, backend, settings)
     _ACTIVE.append(job)
+    note_job("started", context, job_dir, settings.task, obj.name)
     return job
 
 
@@ -341,9 +367,11 @@ def forget(job: ConversionJob) -> None:
 
 
 def stop_all_jobs(timeout: float = 5.0) -> None:
-    """unregister(): end every backend the add-on started."""
+    """unregister(): end every backend the add-on started, except those meant to outlive Blender
+    (started with keep_running: the Jobs panel re-attaches to them)."""
     for job in list(_ACTIVE):
-        job.runner.cancel()
+        if not job.runner.keep_running:
+            job.runner.cancel()
     _ACTIVE.clear()
     runner.stop_all(timeout=timeout)
 
@@ -368,15 +396,17 @@ def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray):
     return mesh
 
 
-def import_mesh_object(context, source, vertices, faces, job_dir: Path, result: dict[str, Any], suffix: str = "sdf"):
+def import_mesh_object(context, source, vertices, faces, job_dir: Path, result: dict[str, Any], suffix: str = "sdf",
+                       settings: dict[str, Any] | None = None):
     """``<source>_sdf`` (or ``_occupancy``): the result mesh on top of ``source`` (same matrix_world),
-    active and selected."""
+    active and selected. It records its job (folder, name, task, ``settings``: job_registry.record_job)."""
     mesh = build_mesh(f"{source.name}_{suffix}", vertices, faces)
     new_object = bpy.data.objects.new(f"{source.name}_{suffix}", mesh)
     new_object.matrix_world = source.matrix_world.copy()
     collection = source.users_collection[0] if source.users_collection else context.scene.collection
     collection.objects.link(new_object)
-    new_object[OBJECT_JOB_KEY] = str(job_dir)
+    from .job_registry import record_job
+    record_job(new_object, job_dir, suffix, settings)   # OBJECT_JOB_KEY and the job's name, task, settings
     new_object[OBJECT_SOURCE_KEY] = source.name
     metrics = {key: float(value) for key, value in (result.get("metrics") or {}).items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
