@@ -75,9 +75,10 @@ def main(args):
 
     class PrefSelf:  # the real preferences' values and RNA, with a recording layout
         bl_rna = prefs.bl_rna
-        backend_python = prefs.backend_python
-        jobs_dir = prefs.jobs_dir
         layout = Recorder(out.setdefault("preferences", []))
+
+    for name in prefs.bl_rna.properties.keys():  # every preference draw() may read
+        setattr(PrefSelf, name, getattr(prefs, name))
 
     prefs_draw(PrefSelf, bpy.context)
     return out
