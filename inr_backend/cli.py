@@ -33,8 +33,16 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a job folder (what the Blender add-on does)",
                               description="Run the job in JOB_DIR. stdout carries one JSON message a line, "
-                                          "`done` last; a line `cancel` on stdin, or end of stdin, cancels.")
+                                          "`done` last; a line `cancel` on stdin, or end of stdin, cancels "
+                                          "(so does SIGINT or SIGTERM). Training writes a checkpoint every "
+                                          "checkpoint_seconds and when cancelled; --resume continues from it.")
     run.add_argument("job_dir", metavar="JOB_DIR", help="folder holding job.json and inputs/")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the job's last checkpoint with what is left of its budget "
+                          "(a finished job is left as it is)")
+    run.add_argument("--keep-running", action="store_true",
+                     help="outlive the parent: end of stdin does not cancel and a closed stdout is ignored "
+                          "(follow the job in JOB_DIR/events.jsonl); also set by INR_KEEP_RUNNING=1")
     run.add_argument("--ignore-stdin", action="store_true",
                      help="do not watch stdin for `cancel` / end of input (for batch runs with stdin closed)")
     run.set_defaults(handler=_run)
@@ -65,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from .job import run_job
-    return run_job(args.job_dir, stdin=None if args.ignore_stdin else sys.stdin)
+    from .job import keep_running_from_env, run_job
+    return run_job(args.job_dir, stdin=None if args.ignore_stdin else sys.stdin, resume=args.resume,
+                   keep_running=args.keep_running or keep_running_from_env())
 
 
 def _fit_mesh(args) -> int:

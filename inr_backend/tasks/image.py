@@ -26,7 +26,8 @@ Config (job.json ``config``, all optional): preset (fast | balanced | quality), 
 time budget; training stops at whichever of max_steps / seconds comes first), batch_size,
 scale (output = scale x input size, default 1) or width and/or height (exact output size; one
 of them alone keeps the aspect ratio), field (a field config dict for
-fields.networks.field_config_from_dict: any encoding x MLP, used as given).
+fields.networks.field_config_from_dict: any encoding x MLP, used as given), checkpoint_seconds
+(training seconds between resume checkpoints, default 30; 0: only at the end or on cancel).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import imageio
-from ..checkpoint import META_FILE, WEIGHTS_FILE, save_field
+from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, META_FILE, WEIGHTS_FILE, TrainingState,
+                          capture_training_state, checkpoint_seconds_option, restore_training_state, save_field)
 from ..image_metrics import psnr, ssim  # noqa: F401  (callers use image.psnr / image.ssim too)
 from ..fields.networks import NETWORKS, Field, FieldConfig, field_config_for, field_config_from_dict
 from ..protocol import ProtocolError, read_json
@@ -96,6 +98,7 @@ class ImageConfig:
     preset: str = "balanced"
     device: str = "auto"
     seed: int = 0
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS   # training seconds between checkpoints (0: end only)
     field: FieldConfig = dataclasses.field(default_factory=lambda: field_config_for("hashgrid"))
     sizing: ImageFieldSizing = dataclasses.field(default_factory=ImageFieldSizing)
     train: ImageTrainConfig = dataclasses.field(default_factory=ImageTrainConfig)
@@ -131,7 +134,7 @@ def _preset(name: str) -> ImageConfig:
 
 
 _KNOWN_OPTIONS = {"preset", "network", "device", "seed", "max_steps", "seconds", "batch_size", "scale", "width",
-                  "height", "field"}
+                  "height", "field", "checkpoint_seconds"}
 
 
 def resolve_config(user: dict) -> ImageConfig:
@@ -159,6 +162,7 @@ def resolve_config(user: dict) -> ImageConfig:
                                                  else 1e-3)
     config.device = str(user.get("device", "auto"))
     config.seed = int(user.get("seed", 0))
+    config.checkpoint_seconds = checkpoint_seconds_option(user)
     if "max_steps" in user:
         config.train.steps = _positive_int(user["max_steps"], "max_steps")
     if "seconds" in user and user["seconds"] is not None:
@@ -257,7 +261,8 @@ def field_values(model: Field, points: torch.Tensor) -> torch.Tensor:
 
 def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *, seed: int,
                 on_step=None, check_cancel=None, cuda_graph: bool | None = None,
-                time_marks: tuple[float, ...] = (), on_time_mark=None) -> dict:
+                time_marks: tuple[float, ...] = (), on_time_mark=None,
+                resume: TrainingState | None = None, track=None) -> dict:
     """Fit ``model`` to ``pixels`` (H, W, C) on the model's device by MSE; returns stats.
 
     Stops after config.steps steps or config.seconds of training, whichever comes first.
@@ -271,6 +276,10 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
     not the arithmetic, bound the step time. The eager step is the reference: both draw the
     same batches and do the same maths. Under a time budget on CUDA every step is
     synchronised so the clock measures finished work.
+
+    resume: a checkpoint.TrainingState of this training: weights, Adam's moments, the step and
+    the training time so far (so the learning-rate schedule and the seconds budget go on where
+    they were), and the batch generator are restored. track(snapshot): as in sdf.train_sdf.
     """
     device = pixels.device
     height, width, channels = pixels.shape
@@ -311,6 +320,16 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
     marks = sorted(time_marks)
     loss = torch.tensor(math.nan)
     training_time, step_number = 0.0, 0
+    if resume is not None:
+        restore_training_state(resume, model=model, optimizer=optimizer, generators={"batches": generator})
+        training_time, step_number = resume.training_seconds, resume.step
+        loss = torch.tensor(resume.meta.get("trainer", {}).get("loss", math.nan))
+    if track is not None:
+        track(lambda: capture_training_state(
+            task="image", step=step_number, total_steps=config.steps, training_seconds=training_time,
+            model=model, optimizer=optimizer, generators={"batches": generator},
+            trainer={"loss": float(loss.detach())}))
+    first_step = step_number + 1
     last = time.perf_counter()
     total = config.steps
     while step_number < config.steps:
@@ -329,7 +348,7 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
             else:
                 group["lr"] = rate
         draw_batch()
-        if graphed and step_number <= warmup:
+        if graphed and step_number - first_step < warmup:
             side_stream.wait_stream(torch.cuda.current_stream(device))   # capture wants warm-up on a side stream
             with torch.cuda.stream(side_stream):
                 loss = step()
@@ -470,17 +489,20 @@ def run_image_job(ctx) -> dict:
         cap = (train_config.cpu_hashgrid_batch_cap if field_config.encoding.kind == "hashgrid"
                else train_config.cpu_batch_cap)
         train_config.batch_size = min(train_config.batch_size, cap)
+    extent = image_extent(height, width)
+    model_meta = {"field": field_config.to_dict(), "channels": model.channels, "task": "image", "in_dim": 2,
+                  "image": {key: info.get(key) for key in ("width", "height", "channels", "colour_space", "bit_depth",
+                                                           "format", "has_alpha", "exr_pixel_type")},
+                  "coordinates": {"extent": list(extent), "convention": COORDINATES}}
     stats = train_image(model, pixels, train_config, seed=config.seed,
-                        on_step=ctx.training_step, check_cancel=ctx.check_cancel)
+                        on_step=ctx.training_step, check_cancel=ctx.check_cancel, resume=ctx.resume_state,
+                        track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta))
     ctx.sync()
     timings["training"] = time.perf_counter() - clock
-    extent = image_extent(height, width)
+    ctx.finish_training()
     checkpoint_dir = Path(ctx.checkpoint_dir) / CHECKPOINT_SUBDIR
     save_field(checkpoint_dir, model, field_config, extra={
-        "task": "image", "steps": stats["steps"], "in_dim": 2,
-        "image": {key: info.get(key) for key in ("width", "height", "channels", "colour_space", "bit_depth",
-                                                  "format", "has_alpha", "exr_pixel_type")},
-        "coordinates": {"extent": list(extent), "convention": COORDINATES}})
+        key: value for key, value in model_meta.items() if key not in ("field", "channels")} | {"steps": stats["steps"]})
 
     ctx.phase("sampling the field")
     clock = time.perf_counter()

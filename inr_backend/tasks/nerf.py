@@ -91,6 +91,7 @@ class NerfConfig:
     model: str = "ngp"
     device: str = "auto"
     seed: int = 0
+    checkpoint_seconds: float = 30.0      # training seconds between resume checkpoints (0: end/cancel only)
     scene_box: list | None = None        # [[x0, y0, z0], [x1, y1, z1]] world-space box to reconstruct
     field: Any = dataclasses.field(default_factory=NgpFieldConfig)
     grid: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
@@ -141,7 +142,7 @@ def _preset(name: str, model: str) -> NerfConfig:
 
 _KNOWN = {"preset", "model", "device", "seed", "seconds", "max_steps", "background", "preview_seconds",
           "mesh", "mesh_resolution", "mesh_threshold", "scene_box", "samples_per_batch", "holdout_every",
-          "max_eval_views", "mixed_precision"}
+          "max_eval_views", "mixed_precision", "checkpoint_seconds"}
 
 
 def resolve_config(user: dict) -> NerfConfig:
@@ -152,6 +153,8 @@ def resolve_config(user: dict) -> NerfConfig:
     config = _preset(str(user.get("preset", "balanced")), str(user.get("model", "ngp")))
     config.device = str(user.get("device", config.device))
     config.seed = int(user.get("seed", config.seed))
+    from ..checkpoint import checkpoint_seconds_option
+    config.checkpoint_seconds = checkpoint_seconds_option(user)
     if user.get("seconds") is not None:
         config.train.seconds = _positive(user["seconds"], "seconds")
     if user.get("max_steps") is not None:
@@ -193,6 +196,7 @@ def _positive(value, name: str) -> float:
 def config_from_dict(data: dict) -> NerfConfig:
     """Rebuild a NerfConfig saved with to_dict (the checkpoint's JSON)."""
     return NerfConfig(preset=data["preset"], model=data["model"], device=data["device"], seed=data["seed"],
+                      checkpoint_seconds=float(data.get("checkpoint_seconds", 30.0)),   # absent before resume existed
                       scene_box=data.get("scene_box"), field=radiance_config_from_dict(data["field"]),
                       grid=OccupancyGridConfig(**data["grid"]), train=NerfTrainConfig(**data["train"]),
                       render=NerfRenderConfig(**data["render"]), mesh=NerfMeshConfig(**data["mesh"]),
@@ -401,6 +405,29 @@ class NerfTrainer:
         self.last_psnr = float("nan")
         self.samples_seen = 0
         self.rays_seen = 0
+
+    # Trainer fields a resume needs besides the model, the optimizer and the generator.
+    _RESUMED_FIELDS = ("rays", "samples_seen", "rays_seen", "last_loss", "last_psnr")
+
+    def capture_state(self):
+        """A checkpoint.TrainingState of this trainer after its last step (the occupancy grid is
+        in the model's buffers; the learning rate follows from step and training seconds)."""
+        from ..checkpoint import capture_training_state
+        return capture_training_state(task="nerf", step=self.step, total_steps=self.config.train.max_steps,
+                                      training_seconds=self.training_seconds, model=self.model,
+                                      optimizer=self.optimizer, generators={"trainer": self.generator},
+                                      trainer={name: getattr(self, name) for name in self._RESUMED_FIELDS})
+
+    def restore_state(self, state) -> None:
+        """Continue from a TrainingState written by capture_state (same config)."""
+        from ..checkpoint import restore_training_state
+        restore_training_state(state, model=self.model, optimizer=self.optimizer,
+                               generators={"trainer": self.generator})
+        self.step, self.training_seconds = state.step, state.training_seconds
+        fields = state.meta.get("trainer", {})
+        for name in self._RESUMED_FIELDS:
+            if fields.get(name) is not None:
+                setattr(self, name, type(getattr(self, name))(fields[name]))
 
     def _batch(self, n_rays: int):
         views = self.views
@@ -630,6 +657,11 @@ def run_nerf_job(ctx) -> dict:
     ctx.phase("training")
     model = NerfModel(config).to(device)
     trainer = NerfTrainer(model, train, config, device=device)
+    if ctx.resume_state is not None:
+        trainer.restore_state(ctx.resume_state)
+    ctx.track_training(trainer.capture_state, model_meta={"task": "nerf", "config": config.to_dict(),
+                                                          "normalization": normalization,
+                                                          "width": train.width, "height": train.height})
     preview_path = ctx.output_path("preview.png")
     preview_view = held if held is not None else train
     state = {"last_preview": time.perf_counter()}
@@ -649,6 +681,7 @@ def run_nerf_job(ctx) -> dict:
     trainer.train_for(until_step=config.train.max_steps, until_seconds=config.train.seconds,
                       on_step=on_step, check_cancel=ctx.check_cancel)
     timings["training"] = trainer.training_seconds
+    ctx.finish_training()
     checkpoint_dir = ctx.checkpoint_dir / "field"
     save_nerf(checkpoint_dir, model, config, normalization,
               {"steps": trainer.step, "width": train.width, "height": train.height})

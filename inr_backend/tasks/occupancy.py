@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import save_field
+from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, TrainingState, capture_training_state,
+                          checkpoint_seconds_option, restore_training_state, save_field)
 from ..fields.networks import NETWORKS, Field, FieldConfig, field_config_for, field_config_from_dict
 from ..geometry.extract import marching_cubes, query_grid, to_world
 from ..geometry.mesh import is_watertight, load_mesh, normalization_for
@@ -89,6 +90,7 @@ class OccupancyConfig:
     preset: str = "balanced"
     device: str = "auto"
     seed: int = 0
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS   # training seconds between checkpoints (0: end only)
     field: FieldConfig = dataclasses.field(default_factory=lambda: field_config_for("hashgrid"))
     sampling: OccupancySamplingConfig = dataclasses.field(default_factory=OccupancySamplingConfig)
     train: OccupancyTrainConfig = dataclasses.field(default_factory=OccupancyTrainConfig)
@@ -145,14 +147,15 @@ _NETWORK_LR = {"hashgrid": 1e-2, "frequency": 5e-4, "siren": 1e-4, "relu": 5e-4,
 def resolve_config(user: dict) -> OccupancyConfig:
     """The full config from the options in job.json's ``config`` (all optional).
 
-    Recognised: preset, network, device, seed, resolution, max_steps, batch_size, threshold;
+    Recognised: preset, network, device, seed, resolution, max_steps, batch_size, threshold,
+    checkpoint_seconds;
     and for experiments (benchmarks, power users) ``field``: a field config dict (any encoding
     x MLP, see networks.field_config_from_dict; a named network's defaults fill the rest) and
     ``sampling`` / ``train`` / ``extract``: dicts of fields of those config dataclasses.
     Unknown keys raise ValueError so a typo is not silently ignored.
     """
     known = {"preset", "network", "device", "seed", "resolution", "max_steps", "batch_size", "threshold",
-             "field", "sampling", "train", "extract"}
+             "field", "sampling", "train", "extract", "checkpoint_seconds"}
     unknown = sorted(set(user) - known)
     if unknown:
         raise ValueError(f"unknown occupancy config option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -170,6 +173,7 @@ def resolve_config(user: dict) -> OccupancyConfig:
             setattr(config, section, _merged(getattr(config, section), user[section], section))
     config.device = str(user.get("device", "auto"))
     config.seed = int(user.get("seed", 0))
+    config.checkpoint_seconds = checkpoint_seconds_option(user)
     if "resolution" in user:
         resolution = int(user["resolution"])
         if not 16 <= resolution <= 2048:
@@ -256,14 +260,16 @@ def sample_occupancy(vertices, faces, *, n_near: int, n_uniform: int, near_sigma
 
 
 def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, config: OccupancyTrainConfig, *,
-                    seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None) -> dict:
+                    seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None,
+                    resume: TrainingState | None = None, track=None) -> dict:
     """Fit the ``occupancy`` logit of ``model`` to (points (N, 3), inside (N,) in {0, 1}) with
-    binary cross-entropy over random batches; returns {"steps", "loss"}.
+    binary cross-entropy over random batches; returns {"steps", "loss", "seconds"}.
 
     on_step(step, total, loss) is called after every step; check_cancel() raises to stop
     between steps. cuda_graph (default: config.cuda_graph on a CUDA device) replays the whole
     step as one CUDA graph, as train_sdf does (the eager step is the reference; both draw the
-    same batches and do the same maths).
+    same batches and do the same maths). resume / track: as for sdf.train_sdf (continue a
+    checkpoint.TrainingState; hand a state-capturing function to the job for checkpoints).
     """
     device = points.device
     graphed = (config.cuda_graph if cuda_graph is None else cuda_graph) and device.type == "cuda"
@@ -285,11 +291,24 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
         optimizer.step()
         return loss
 
+    progress = {"step": 0, "seconds": 0.0, "loss": math.nan}
+    if resume is not None:
+        restore_training_state(resume, model=model, optimizer=optimizer, generators={"batches": generator})
+        progress.update(step=resume.step, seconds=resume.training_seconds,
+                        loss=resume.meta.get("trainer", {}).get("loss", math.nan))
+    if track is not None:
+        track(lambda: capture_training_state(
+            task="occupancy", step=progress["step"], total_steps=config.steps, training_seconds=progress["seconds"],
+            model=model, optimizer=optimizer, generators={"batches": generator},
+            trainer={"loss": float(torch.as_tensor(progress["loss"]).detach())}))
+
     run_step = step
+    first_step = progress["step"] + 1
     warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
     side_stream = torch.cuda.Stream(device) if graphed else None
-    loss = torch.tensor(math.nan)
-    for step_number in range(1, config.steps + 1):
+    loss = torch.tensor(progress["loss"])
+    clock = time.perf_counter()
+    for step_number in range(first_step, config.steps + 1):
         if check_cancel is not None:
             check_cancel()
         rate = config.learning_rate * decay ** (step_number - 1)
@@ -299,7 +318,7 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
             else:
                 group["lr"] = rate
         torch.randint(len(points), (config.batch_size,), device=device, generator=generator, out=index)
-        if graphed and step_number <= warmup:
+        if graphed and step_number - first_step < warmup:
             side_stream.wait_stream(torch.cuda.current_stream(device))  # capture needs a side-stream warm-up
             with torch.cuda.stream(side_stream):
                 loss = step()
@@ -309,9 +328,13 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
             loss = run_step()
         else:
             loss = run_step()
+        progress["seconds"] += time.perf_counter() - clock
+        progress["step"] = step_number
         if on_step is not None:
+            progress["loss"] = loss          # a tensor: read only when a checkpoint or a report needs it
             on_step(step_number, config.steps, loss)
-    return {"steps": config.steps, "loss": float(loss.detach())}
+        clock = time.perf_counter()          # reports and checkpoints are not training time
+    return {"steps": config.steps, "loss": float(loss.detach()), "seconds": progress["seconds"]}
 
 
 # --------------------------------------------------------------------------- extraction
@@ -487,13 +510,18 @@ def run_occupancy_job(ctx) -> dict:
     ctx.phase("training")
     clock = time.perf_counter()
     model = make_occupancy_field(config.field).to(device)
+    model_meta = {"field": config.field.to_dict(), "channels": model.channels, "task": "occupancy",
+                  "normalization": normalization,
+                  "channel_meaning": {CHANNEL: "logit of P(inside); the surface is where it is 0"}}
     stats = train_occupancy(model, samples.points, samples.inside, config.train, seed=config.seed,
-                            on_step=ctx.training_step, check_cancel=ctx.check_cancel)
+                            on_step=ctx.training_step, check_cancel=ctx.check_cancel, resume=ctx.resume_state,
+                            track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta))
     ctx.sync()
     timings["training"] = time.perf_counter() - clock
+    ctx.finish_training()
     save_field(ctx.checkpoint_dir, model, config.field,
-               extra={"task": "occupancy", "steps": stats["steps"], "normalization": normalization,
-                      "channel_meaning": {CHANNEL: "logit of P(inside); the surface is where it is 0"}})
+               extra={key: value for key, value in model_meta.items() if key not in ("field", "channels")}
+               | {"steps": stats["steps"]})
 
     ctx.phase("extracting mesh")
     clock = time.perf_counter()

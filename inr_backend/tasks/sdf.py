@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..checkpoint import save_field
+from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, TrainingState, capture_training_state,
+                          checkpoint_seconds_option, restore_training_state, save_field)
 from ..fields.networks import Field, FieldConfig, field_config_for
 from ..geometry.extract import extract_mesh, to_world
 from ..geometry.mesh import is_watertight, load_mesh, normalization_for
@@ -70,6 +71,7 @@ class SdfConfig:
     preset: str = "balanced"
     device: str = "auto"
     seed: int = 0
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS   # training seconds between checkpoints (0: end only)
     field: FieldConfig = dataclasses.field(default_factory=lambda: field_config_for("hashgrid"))
     sampling: SdfSamplingConfig = dataclasses.field(default_factory=SdfSamplingConfig)
     train: SdfTrainConfig = dataclasses.field(default_factory=SdfTrainConfig)
@@ -113,10 +115,11 @@ _NETWORK_LR = {"hashgrid": 1e-2, "frequency": 5e-4, "siren": 1e-4, "relu": 5e-4,
 def resolve_config(user: dict) -> SdfConfig:
     """The full config from the options in job.json's ``config`` (all optional).
 
-    Recognised: preset, network, device, seed, resolution, max_steps, batch_size.
-    Unknown keys raise ValueError so a typo is not silently ignored.
+    Recognised: preset, network, device, seed, resolution, max_steps, batch_size, level,
+    checkpoint_seconds. Unknown keys raise ValueError so a typo is not silently ignored.
     """
-    known = {"preset", "network", "device", "seed", "resolution", "max_steps", "batch_size", "level"}
+    known = {"preset", "network", "device", "seed", "resolution", "max_steps", "batch_size", "level",
+             "checkpoint_seconds"}
     unknown = sorted(set(user) - known)
     if unknown:
         raise ValueError(f"unknown sdf config option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -127,6 +130,7 @@ def resolve_config(user: dict) -> SdfConfig:
     config.train.learning_rate = _NETWORK_LR[network]
     config.device = str(user.get("device", "auto"))
     config.seed = int(user.get("seed", 0))
+    config.checkpoint_seconds = checkpoint_seconds_option(user)
     if "resolution" in user:
         resolution = int(user["resolution"])
         if not 16 <= resolution <= 2048:
@@ -161,11 +165,18 @@ def eikonal_loss(sdf_fn, points: torch.Tensor, step: float) -> torch.Tensor:
 
 
 def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: SdfTrainConfig, *,
-              seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None) -> dict:
-    """Fit ``model`` to (points (N, 3), sdf (N,)) samples; returns {"steps", "loss"}.
+              seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None,
+              resume: TrainingState | None = None, track=None) -> dict:
+    """Fit ``model`` to (points (N, 3), sdf (N,)) samples; returns {"steps", "loss", "seconds"}.
 
     on_step(step, total, loss) is called after every step (the caller decides how often
     to report); check_cancel() raises to stop between steps.
+
+    resume: a checkpoint.TrainingState of this training (same samples, config and seed): the
+    weights, Adam's moments, the step (so the learning-rate schedule) and the batch generator
+    are restored and only the remaining steps run, drawing the batches an uninterrupted run
+    would. track(snapshot) is called once with a function that captures the state after the
+    last completed step (job.JobContext.track_training writes it periodically and on cancel).
 
     cuda_graph (default: config.cuda_graph on a CUDA device) replays the whole step
     (forward, backward, Adam) as one CUDA graph: a hash-grid step is hundreds of small
@@ -205,11 +216,24 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
         optimizer.step()
         return loss
 
+    progress = {"step": 0, "seconds": 0.0, "loss": math.nan}
+    if resume is not None:
+        restore_training_state(resume, model=model, optimizer=optimizer, generators={"batches": generator})
+        progress.update(step=resume.step, seconds=resume.training_seconds,
+                        loss=resume.meta.get("trainer", {}).get("loss", math.nan))
+    if track is not None:
+        track(lambda: capture_training_state(
+            task="sdf", step=progress["step"], total_steps=config.steps, training_seconds=progress["seconds"],
+            model=model, optimizer=optimizer, generators={"batches": generator},
+            trainer={"loss": float(torch.as_tensor(progress["loss"]).detach())}))
+
     run_step = step
+    first_step = progress["step"] + 1
     warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
     side_stream = torch.cuda.Stream(device) if graphed else None
-    loss = torch.tensor(math.nan)
-    for step_number in range(1, config.steps + 1):
+    loss = torch.tensor(progress["loss"])
+    clock = time.perf_counter()
+    for step_number in range(first_step, config.steps + 1):
         if check_cancel is not None:
             check_cancel()
         for group in optimizer.param_groups:
@@ -219,7 +243,7 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
             else:
                 group["lr"] = rate
         draw_batch()
-        if graphed and step_number <= warmup:
+        if graphed and step_number - first_step < warmup:
             # Warm-up steps run eagerly on a side stream, as CUDA graph capture requires.
             side_stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side_stream):
@@ -230,9 +254,14 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
             loss = run_step()
         else:
             loss = run_step()
+        now = time.perf_counter()
+        progress["seconds"] += now - clock
+        progress["step"] = step_number
         if on_step is not None:
+            progress["loss"] = loss          # a tensor: read only when a checkpoint or a report needs it
             on_step(step_number, config.steps, loss)
-    return {"steps": config.steps, "loss": float(loss.detach())}
+        clock = time.perf_counter()          # reports and checkpoints are not training time
+    return {"steps": config.steps, "loss": float(loss.detach()), "seconds": progress["seconds"]}
 
 
 _CUDA_GRAPH_WARMUP_STEPS = 3
@@ -285,10 +314,14 @@ def run_sdf_job(ctx) -> dict:
     ctx.phase("training")
     clock = time.perf_counter()
     model = make_sdf_field(config.field).to(device)
+    model_meta = {"field": config.field.to_dict(), "channels": model.channels, "task": "sdf",
+                  "normalization": normalization}
     stats = train_sdf(model, samples.points, samples.sdf, config.train, seed=config.seed,
-                      on_step=ctx.training_step, check_cancel=ctx.check_cancel)
+                      on_step=ctx.training_step, check_cancel=ctx.check_cancel, resume=ctx.resume_state,
+                      track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta))
     ctx.sync()
     timings["training"] = time.perf_counter() - clock
+    ctx.finish_training()
     save_field(ctx.checkpoint_dir, model, config.field, extra={"task": "sdf", "steps": stats["steps"],
                                                                "normalization": normalization})
 
