@@ -236,6 +236,8 @@ class ImageJob(conversion.BackendJob):
             raise ImageFieldError("the job is still running: poll() until finished, or cancel() it")
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        if self.kind == "fit":
+            conversion.note_job("finished", context, self.job_dir)
         status = self.status
         if status == "cancelled":
             return None
@@ -275,7 +277,9 @@ def load_result_image(path: Path, name: str, *, colorspace: str | None, job_dir:
         if image.size[0] * image.size[1] == 0:
             raise ImageFieldError(f"The result image {path} has no pixels")
         image.pack()
-        image[IMAGE_JOB_KEY] = str(job_dir)
+        from .job_registry import record_job
+        record_job(image, job_dir, "image", {"network": network, "width": int(image.size[0]),
+                                             "height": int(image.size[1])})   # IMAGE_JOB_KEY and the job's name, task
         image[IMAGE_SOURCE_KEY] = fitted_name
         if network:
             image[IMAGE_NETWORK_KEY] = network
@@ -337,7 +341,9 @@ def start_fit(context, image, settings: ImageFitSettings | None = None, space=No
     except OSError as exc:
         raise ImageFieldError(f"Cannot write the job folder under {jobs_root}: {exc}. Choose another jobs folder "
                               f"in {runner.PREFERENCES_HINT.removeprefix('Set it in ')}") from None
-    backend = runner.BackendRunner().start(settings.python or None, job_dir)
+    backend = runner.BackendRunner(keep_running=conversion.keep_jobs_on_quit(context)).start(
+        settings.python or None, job_dir)
+    conversion.note_job("started", context, job_dir, "image", image.name)
     new_name = jobs.result_image_name(image.name, scale=settings.scale, size=settings.size)
     job = ImageJob("fit", image.name, job_dir, backend, new_name=new_name,
                    colorspace=None if is_float else image.colorspace_settings.name, fitted_name=image.name,
@@ -410,7 +416,8 @@ def forget(job: ImageJob) -> None:
 
 def stop_all_jobs() -> None:
     for job in list(_ACTIVE):
-        job.runner.cancel()
+        if not job.runner.keep_running:   # a kept fit outlives Blender on purpose
+            job.runner.cancel()
     _ACTIVE.clear()
 
 
@@ -547,7 +554,8 @@ class _ImageJobOperator:
     def cancel(self, context):
         job = getattr(self, "_job", None)
         if job is not None:
-            job.cancel()
+            if not job.runner.keep_running:   # a kept fit goes on: the Jobs panel re-attaches to it
+                job.cancel()
             forget(job)
             _state(context).running = False
             workspace = getattr(context, "workspace", None)

@@ -56,6 +56,14 @@ JOB_NAME_KEY = "neural_fields_job_name"  # the folder's name: found again under 
 TASK_KEY = "neural_fields_task"          # sdf | occupancy | nerf | image
 SETTINGS_KEY = "neural_fields_settings"  # what produced this result (resolution, threshold, preset, ...)
 
+# The backend's checkpoint layout (inr_backend/checkpoint.py): the trained field is
+# model.safetensors + model.json in checkpoints/ (sdf, occupancy) or checkpoints/field/ (image,
+# nerf); the training state `run --resume` continues from is checkpoints/resume.json, a pointer
+# to a folder under checkpoints/resume/.
+FIELD_WEIGHTS = ("model.safetensors", "field/model.safetensors")
+RESUME_POINTER = "resume.json"
+RESUME_DIR = "resume"
+
 PACK_FORMAT = 1
 PACK_MANIFEST = "neural_fields_pack.json"
 PACK_SUFFIXES = (".json", ".safetensors")
@@ -84,10 +92,15 @@ class JobInfo:
     elapsed: float | None = None       # seconds the backend ran (so far)
     created: float = 0.0               # job.json's modification time (epoch seconds)
     outputs: list[str] = field(default_factory=list)   # names present in outputs/
-    has_checkpoint: bool = False
+    has_field: bool = False            # the trained field's weights (what extract / render / resample read)
+    has_resume_point: bool = False     # a training state `run --resume` continues from
     pid: int | None = None             # the live backend's process id, while running
     keep_running: bool = False         # started with --keep-running (outlives Blender)
     result: dict[str, Any] | None = None
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.has_field or self.has_resume_point
 
     @property
     def running(self) -> bool:
@@ -96,12 +109,12 @@ class JobInfo:
     @property
     def resumable(self) -> bool:
         """A stopped run that `run --resume` can continue: it left a checkpoint."""
-        return self.status in RESUMABLE_STATUSES and self.has_checkpoint and self.task in RESUMABLE_TASKS
+        return self.status in RESUMABLE_STATUSES and self.has_resume_point and self.task in RESUMABLE_TASKS
 
     @property
     def extractable(self) -> bool:
         """A finished field a new mesh can be extracted from."""
-        return self.status == "done" and self.has_checkpoint and self.task in EXTRACTABLE_TASKS
+        return self.status == "done" and self.has_field and self.task in EXTRACTABLE_TASKS
 
 
 def list_jobs(jobs_root: str | os.PathLike, *, running_dirs: Iterable[str | os.PathLike] = ()) -> list[JobInfo]:
@@ -140,13 +153,13 @@ def read_job_info(job_dir: str | os.PathLike, *, running: bool = False, now: flo
     task = str(job.get("task", "?")) if isinstance(job, dict) else "?"
     info = JobInfo(name=job_dir.name, path=job_dir, task=task, source=source_name(job, job_dir.name),
                    status=STATUS_INTERRUPTED, created=created)
+    result = _cached_json(job_dir / protocol.RESULT_FILE)
+    result = result if isinstance(result, dict) and result.get("status") in protocol.STATUSES else None
     pid_info = read_pid_file(job_dir)
-    if pid_info is not None and pid_alive(pid_info["pid"]):
+    if pid_info is not None and pid_alive(pid_info["pid"]) and not _result_is_newer(job_dir, result, pid_info):
         info.pid = pid_info["pid"]
         info.keep_running = bool(pid_info.get("keep_running"))
         running = True
-    result = _cached_json(job_dir / protocol.RESULT_FILE)
-    result = result if isinstance(result, dict) and result.get("status") in protocol.STATUSES else None
     summary = events_summary(job_dir / protocol.EVENTS_FILE)
     if running:
         info.status = STATUS_RUNNING
@@ -167,7 +180,8 @@ def read_job_info(job_dir: str | os.PathLike, *, running: bool = False, now: flo
         info.message = f"Interrupted (last: {info.message})"
     info.elapsed = _elapsed(info, result, summary, pid_info, time.time() if now is None else now)
     info.outputs = _names(job_dir / protocol.OUTPUTS_DIR)
-    info.has_checkpoint = has_checkpoint(job_dir)
+    info.has_field = has_field(job_dir)
+    info.has_resume_point = has_resume_point(job_dir)
     return info
 
 
@@ -182,11 +196,29 @@ def source_name(job: Any, default: str) -> str:
     return default
 
 
-def has_checkpoint(job_dir: str | os.PathLike) -> bool:
-    """True when checkpoints/ holds any safetensors file (the trained weights, or a resume point)."""
+def has_field(job_dir: str | os.PathLike) -> bool:
+    """True when the job holds its trained field (what extract, render and resample load)."""
     folder = Path(job_dir) / protocol.CHECKPOINTS_DIR
+    return any((folder / name).is_file() for name in FIELD_WEIGHTS)
+
+
+def has_resume_point(job_dir: str | os.PathLike) -> bool:
+    """True when the job holds a training state that `run --resume` continues from."""
+    return (Path(job_dir) / protocol.CHECKPOINTS_DIR / RESUME_POINTER).is_file()
+
+
+def has_checkpoint(job_dir: str | os.PathLike) -> bool:
+    return has_field(job_dir) or has_resume_point(job_dir)
+
+
+def _result_is_newer(job_dir: Path, result, pid_info: dict[str, Any]) -> bool:
+    """True when the live backend already wrote its result.json (it is only exiting now); a
+    result.json older than the backend's start is an earlier run's (a resumed job)."""
+    started = pid_info.get("started")
+    if result is None or not isinstance(started, (int, float)):
+        return False
     try:
-        return any(path.suffix == ".safetensors" for path in folder.rglob("*.safetensors"))
+        return (job_dir / protocol.RESULT_FILE).stat().st_mtime >= float(started)
     except OSError:
         return False
 
@@ -527,10 +559,16 @@ def delete_job(jobs_root: str | os.PathLike, job_dir: str | os.PathLike, *,
 def packable_files(job_dir: str | os.PathLike) -> list[str]:
     """The files a packed field keeps, relative (posix): every JSON and safetensors file of the
     job (job.json, config.json, normalization.json, result.json, checkpoints/**, the dataset's
-    transforms and normalization), but no logs, events, images, meshes, outputs or renders."""
+    transforms and normalization), but no logs, events, images, meshes, outputs or renders.
+
+    A job that holds its trained field leaves its resume state out (optimizer moments and
+    weights again: 3x the field's size, and a finished job has nothing to resume); a job
+    stopped before the end keeps it, so it can be resumed from the pack."""
     job_dir = Path(job_dir)
     if not (job_dir / protocol.JOB_FILE).is_file():
         raise JobRegistryError(f"{job_dir} holds no job.json: there is no field to pack")
+    skip_resume = has_field(job_dir)
+    resume_prefixes = (f"{protocol.CHECKPOINTS_DIR}/{RESUME_DIR}/", f"{protocol.CHECKPOINTS_DIR}/{RESUME_POINTER}")
     names = []
     for folder, dirs, files in os.walk(job_dir):
         relative_folder = Path(folder).relative_to(job_dir)
@@ -541,7 +579,10 @@ def packable_files(job_dir: str | os.PathLike) -> list[str]:
         for name in files:
             if name.startswith(".") or name in PACK_SKIP_FILES or not name.endswith(PACK_SUFFIXES):
                 continue
-            names.append((relative_folder / name).as_posix())
+            relative = (relative_folder / name).as_posix()
+            if skip_resume and relative.startswith(resume_prefixes):
+                continue
+            names.append(relative)
     return sorted(names)
 
 

@@ -250,6 +250,9 @@ class BackendTask:
         """After ``done``: bring the result in. Returns (report level, message); raises NerfError."""
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        if self.kind == "train":
+            from . import conversion
+            conversion.note_job("finished", context, self.job_dir)
         status = self.runner.status
         if status == "cancelled":
             return 'WARNING', f"{self.title} cancelled"
@@ -368,8 +371,9 @@ class RenderTask(BackendTask):
             path = getattr(frame, key)
             if path is not None:
                 made.append(load_image(f"{self.label}{suffix}", path, non_color=key != "normal").name)
-        for name in made:
-            bpy.data.images[name][JOB_KEY] = str(self.job_dir)
+        from .job_registry import record_job
+        for name in made:   # JOB_KEY and the job's name, task, what was rendered
+            record_job(bpy.data.images[name], self.job_dir, "nerf", {"render": self.render_dir.name})
         show_in_image_editor(context, rgb)
         return 'INFO', f"Rendered {', '.join(made)}"
 
@@ -392,7 +396,8 @@ class ExtractTask(BackendTask):
         if not np.all(np.isfinite(vertices)):
             raise NerfError(f"The extracted mesh has non-finite vertices ({self.mesh_path})")
         obj = build_colored_mesh_object(context, f"{self.label}_nerf", vertices, faces, colors)
-        obj[JOB_KEY] = str(self.job_dir)
+        from .job_registry import record_job
+        record_job(obj, self.job_dir, "nerf", getattr(self, "settings", {}))   # JOB_KEY and name, task, settings
         return 'INFO', f"Created '{obj.name}' ({len(faces)} triangles)"
 
 
@@ -502,9 +507,11 @@ def start_training(context, dataset_override: str = "") -> tuple[TrainTask, list
         raise NerfError(str(exc)) from None
     except OSError as exc:
         raise NerfError(f"Cannot write the job folder under {jobs_root}: {exc}") from None
-    backend = runner.BackendRunner().start(python or None, job_dir)
+    from . import conversion
+    backend = runner.BackendRunner(keep_running=conversion.keep_jobs_on_quit(context)).start(python or None, job_dir)
     task = TrainTask(job_dir, backend, nerf_jobs.job_label(job_dir))
     _ACTIVE.append(task)
+    conversion.note_job("started", context, job_dir, "nerf", task.label)
     return task, list(report.warnings)
 
 
@@ -590,6 +597,7 @@ def start_extract(context, resolution: int = 0, threshold: float = 0.0) -> Extra
         raise NerfError(str(exc)) from None
     backend = runner.BackendRunner().start(python or None, job_dir, args=args)
     task = ExtractTask(job_dir, backend, nerf_jobs.job_label(job_dir), mesh_path)
+    task.settings = {"resolution": int(resolution), "threshold": float(threshold) if threshold else None}
     _ACTIVE.append(task)
     return task
 
@@ -706,7 +714,8 @@ class _BackendOperator:
     def cancel(self, context):
         task = getattr(self, "_task", None)
         if task is not None:
-            task.cancel()
+            if not task.runner.keep_running:   # a kept training goes on: the Jobs panel re-attaches to it
+                task.cancel()
             if task in _ACTIVE:
                 _ACTIVE.remove(task)
             _state(context).running = False
@@ -885,7 +894,8 @@ def register():
 
 def unregister():
     for task in list(_ACTIVE):
-        task.runner.stop(timeout=5.0)
+        if not task.runner.keep_running:   # kept trainings outlive Blender on purpose
+            task.runner.stop(timeout=5.0)
     _ACTIVE.clear()
     del bpy.types.WindowManager.neural_fields_nerf_state
     del bpy.types.Scene.neural_fields_nerf

@@ -159,9 +159,11 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
 
     def cancel(self, context):
         # Blender ends the modal operator (file load, window closed): stop the backend too.
+        # A job started to outlive Blender (keep_running) goes on: the Jobs panel re-attaches to it.
         job = getattr(self, "_job", None)
         if job is not None:
-            job.cancel()
+            if not job.runner.keep_running:
+                job.cancel()
             conversion.forget(job)
             _state(context).running = False
             workspace = getattr(context, "workspace", None)

@@ -22,7 +22,7 @@ from inr_backend import protocol
 
 def make_job_folder(root: Path, name: str, *, task: str = "sdf", source: dict | None = None,
                     events: list[dict] | None = None, result: dict | None = None, checkpoint: bool = False,
-                    outputs: tuple[str, ...] = ()) -> Path:
+                    resume_point: bool = False, outputs: tuple[str, ...] = ()) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     inputs = {"mesh": "inputs/mesh.ply"} if task in ("sdf", "occupancy") else {"image": "inputs/image.png"}
@@ -34,10 +34,18 @@ def make_job_folder(root: Path, name: str, *, task: str = "sdf", source: dict | 
                 handle.write(protocol.encode_message(message) + "\n")
     if result is not None:
         protocol.write_json_atomic(folder / protocol.RESULT_FILE, result)
-    if checkpoint:
-        (folder / "checkpoints").mkdir()
-        (folder / "checkpoints" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-        protocol.write_json_atomic(folder / "checkpoints" / "model.json", {"task": task})
+    if checkpoint:   # the trained field, where the backend writes it
+        field = folder / "checkpoints" / ("field" if task in ("image", "nerf") else "")
+        field.mkdir(parents=True, exist_ok=True)
+        (field / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+        protocol.write_json_atomic(field / "model.json", {"task": task})
+    if resume_point:   # a training state for `run --resume` (checkpoint.py's layout)
+        state = folder / "checkpoints" / "resume" / "step-00000010"
+        state.mkdir(parents=True)
+        (state / "weights.safetensors").write_bytes(b"w" * 100)
+        (state / "trainer.safetensors").write_bytes(b"t" * 200)
+        protocol.write_json_atomic(state / "state.json", {"step": 10})
+        protocol.write_json_atomic(folder / "checkpoints" / "resume.json", {"path": "resume/step-00000010"})
     for output in outputs:
         (folder / "outputs").mkdir(exist_ok=True)
         (folder / "outputs" / output).write_bytes(b"ply\n")
@@ -61,12 +69,12 @@ def test_statuses_progress_and_messages(tmp_path):
                     result={"status": "done", "timings": {"total": 12.5}, "outputs": {"mesh": "outputs/mesh.ply"}},
                     checkpoint=True, outputs=("mesh.ply",))
     make_job_folder(tmp_path, "20250101-000002-failed", events=[started, progress(10, 100)],
-                    result={"status": "failed", "error": "no surface found at level 0\nmore text"}, checkpoint=True)
+                    result={"status": "failed", "error": "no surface found at level 0\nmore text"}, resume_point=True)
     make_job_folder(tmp_path, "20250101-000003-cancelled", task="image", source={"image": "photo.png"},
                     events=[started, progress(30, 120, elapsed=4.0)],
                     result={"status": "cancelled", "message": "cancelled by the user"})
     make_job_folder(tmp_path, "20250101-000004-killed", events=[started, progress(40, 80, elapsed=7.0),
-                                                                heartbeat(8.0)], checkpoint=True)
+                                                                heartbeat(8.0)], resume_point=True)
     (tmp_path / ".20250101-000005-being-written.partial").mkdir()          # hidden: skipped
     (tmp_path / "not-a-job").mkdir()                                        # no job.json: skipped
 
@@ -79,6 +87,7 @@ def test_statuses_progress_and_messages(tmp_path):
     failed = jobs["failed"]
     assert failed.status == "failed" and failed.message == "no surface found at level 0"
     assert failed.progress == pytest.approx(0.1) and failed.resumable
+    assert not failed.extractable                                           # no trained field
     cancelled = jobs["cancelled"]
     assert (cancelled.status, cancelled.task, cancelled.source) == ("cancelled", "image", "photo.png")
     assert not cancelled.resumable                                          # no checkpoint to resume from
@@ -106,6 +115,13 @@ def test_running_by_backend_pid(tmp_path):
         with pytest.raises(registry.JobRegistryError, match="still running: cancel it first"):
             registry.delete_job(tmp_path, folder)
         assert folder.is_dir()
+        # The backend wrote its result.json after it started: it is finishing, not running.
+        protocol.write_json_atomic(folder / protocol.RESULT_FILE, {"status": "done"})
+        assert registry.read_job_info(folder).status == "done"
+        # A result.json older than the backend (a resumed job's earlier run) does not count.
+        os.utime(folder / protocol.RESULT_FILE, (started - 10, started - 10))
+        assert registry.read_job_info(folder).status == "running"
+        (folder / protocol.RESULT_FILE).unlink()
     finally:
         process.kill()
         process.wait()
@@ -228,6 +244,16 @@ def test_pack_keeps_the_field_not_the_data(tmp_path):
 
     with pytest.raises(registry.JobRegistryError, match="no checkpoint"):
         registry.pack_job(make_job_folder(tmp_path / "jobs", "untrained"))
+
+
+def test_pack_leaves_resume_state_out_of_finished_fields(tmp_path):
+    finished = make_job_folder(tmp_path, "finished", result={"status": "done"}, checkpoint=True, resume_point=True)
+    stopped = make_job_folder(tmp_path, "stopped", result={"status": "cancelled"}, resume_point=True)
+    assert not any("resume" in name for name in registry.packable_files(finished))
+    assert {"checkpoints/resume.json", "checkpoints/resume/step-00000010/weights.safetensors",
+            "checkpoints/resume/step-00000010/trainer.safetensors"} <= set(registry.packable_files(stopped))
+    restored = registry.unpack_job(registry.pack_job(stopped), tmp_path / "elsewhere")
+    assert registry.read_job_info(restored).resumable                      # resumable from the pack
 
 
 def test_unpack_refuses_unsafe_members(tmp_path):
