@@ -39,8 +39,6 @@ def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Returns vertices (V, 3) float64 and faces (F, 3) int64. Raises MeshError naming the file
     when it is missing, unreadable, holds no faces (a point cloud) or has no area.
     """
-    import trimesh  # heavy import, only where a file is actually read
-
     path = Path(path)
     if not path.exists():
         raise MeshError(f"mesh file not found: {path}")
@@ -49,6 +47,8 @@ def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     declared = ply_face_count(path)
     if declared is not None and declared > MAX_MESH_FACES:  # refused before reading it all
         raise MeshError(f"{path}: {too_many_faces_message(declared)}")
+    import trimesh  # heavy import (seconds), only once a file is actually read
+
     try:
         # process=False: we clean the arrays ourselves, the same way for every source.
         loaded = trimesh.load(str(path), process=False)
