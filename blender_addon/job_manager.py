@@ -359,30 +359,30 @@ def import_finished(context, job_dir: Path) -> tuple[str, str]:
 @dataclass
 class ExtractSettings:
     """Marching cubes on a stored field. threshold: the SDF level (0), the occupancy probability
-    (0.5) or the NeRF density (20) when None; smoothing: none when 0."""
+    (0.5) or the NeRF density (20) when None; smoothing: Taubin iterations, none when 0."""
 
     resolution: int = 256
     threshold: float | None = None
-    smoothing: float = 0.0
+    smoothing: int = 0
     device: str = "auto"
     python: str = ""
 
     def args(self, job_dir: Path, out_path: Path) -> list[str]:
         if not 16 <= int(self.resolution) <= 2048:
             raise JobManagerError(f"Resolution must be between 16 and 2048, got {self.resolution}")
-        if self.smoothing < 0:
-            raise JobManagerError(f"Smoothing must be 0 or more, got {self.smoothing}")
+        if not 0 <= int(self.smoothing) <= 1000:
+            raise JobManagerError(f"Smoothing is a number of iterations from 0 to 1000, got {self.smoothing}")
         args = ["-m", "inr_backend", "extract", str(job_dir), "--out", str(out_path),
                 "--resolution", str(int(self.resolution))]
         if self.threshold is not None:
             args += ["--threshold", repr(float(self.threshold))]
         if self.smoothing > 0:
-            args += ["--smoothing", repr(float(self.smoothing))]
+            args += ["--smoothing", str(int(self.smoothing))]
         return args + ["--device", self.device, "--json"]
 
     def record(self) -> dict[str, Any]:
         return {"resolution": int(self.resolution), "threshold": self.threshold,
-                "smoothing": float(self.smoothing) if self.smoothing > 0 else None}
+                "smoothing": int(self.smoothing)}
 
 
 class ManagedTask:
@@ -464,7 +464,7 @@ def _check_idle() -> None:
 
 
 def extract_settings_from_context(context, *, resolution: int = 0, threshold: float | None = None,
-                                  smoothing: float | None = None) -> ExtractSettings:
+                                  smoothing: int | None = None) -> ExtractSettings:
     panel = context.scene.neural_fields_jobs
     base = conversion.settings_from_context(context)
     return ExtractSettings(
@@ -475,7 +475,8 @@ def extract_settings_from_context(context, *, resolution: int = 0, threshold: fl
 
 
 def start_reextract(context, job_dir: str | Path, settings: ExtractSettings) -> ManagedTask:
-    """Run ``extract`` on a finished job's field; the new mesh is imported when it ends."""
+    """Run ``extract`` on a job's field (a stopped sdf/occupancy job: its last checkpoint); the
+    new mesh is imported when it ends."""
     _check_idle()
     job_dir = Path(job_dir)
     info = job_info(job_dir)
@@ -483,9 +484,10 @@ def start_reextract(context, job_dir: str | Path, settings: ExtractSettings) -> 
         raise JobManagerError(f"A {info.task} job has no surface to extract: re-extract works on SDF, occupancy "
                               f"and NeRF jobs")
     if not info.extractable:
-        raise JobManagerError(f"The job {job_dir.name} is {info.status}"
-                              f"{'' if info.has_field else ' and holds no trained field'}: only a finished field "
-                              f"can be re-extracted" + (" (resume it first)" if info.resumable else ""))
+        if info.running:
+            raise JobManagerError(f"The job {job_dir.name} is still training: wait for it to finish, then re-extract")
+        raise JobManagerError(f"The job {job_dir.name} is {info.status} and holds no trained field or checkpoint: "
+                              f"there is nothing to extract from")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path = job_dir / protocol.OUTPUTS_DIR / f"extract-{int(settings.resolution)}-{stamp}-{uuid.uuid4().hex[:4]}.ply"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -850,8 +852,8 @@ class NeuralFieldsJobsSettings(bpy.types.PropertyGroup):
     extract_threshold: FloatProperty(name="Threshold", default=0.0, soft_min=-0.1, soft_max=100.0,
                                      description="The surface's level: SDF distance (default 0), occupancy probability "
                                                  "(0.5) or NeRF density (20)")
-    extract_smoothing: FloatProperty(name="Smoothing", default=0.0, min=0.0, soft_max=5.0,
-                                     description="Smoothing of the extracted mesh. 0: none")
+    extract_smoothing: IntProperty(name="Smoothing", default=0, min=0, max=1000, soft_max=50,
+                                   description="Taubin smoothing iterations of the extracted mesh. 0: none")
 
 
 class NeuralFieldsJobsState(bpy.types.PropertyGroup):
@@ -1052,8 +1054,8 @@ class NEURALFIELDS_OT_job_reextract(_TaskOperator, bpy.types.Operator):
                                 description="Use Threshold below (else the panel's setting)")
     threshold: FloatProperty(name="Threshold", default=0.0, options={'SKIP_SAVE'},
                              description="SDF level, occupancy probability or NeRF density of the surface")
-    smoothing: FloatProperty(name="Smoothing", default=-1.0, min=-1.0, options={'SKIP_SAVE'},
-                             description="Mesh smoothing. -1: the Jobs panel's")
+    smoothing: IntProperty(name="Smoothing", default=-1, min=-1, max=1000, options={'SKIP_SAVE'},
+                           description="Taubin smoothing iterations. -1: the Jobs panel's")
 
     def start(self, context, job_dir):
         settings = extract_settings_from_context(
@@ -1119,9 +1121,12 @@ class NEURALFIELDS_OT_job_delete(_JobOperator, bpy.types.Operator):
     def invoke(self, context, event):
         if bpy.app.background or context.window is None:
             return self.execute(context)
-        return context.window_manager.invoke_confirm(self, event, title="Delete Job",
-                                                     message=f"Delete the job folder and every file in it?",
-                                                     confirm_text="Delete", icon='WARNING')
+        try:   # Blender 4.1+: a titled dialog
+            return context.window_manager.invoke_confirm(self, event, title="Delete Job",
+                                                         message="Delete the job folder and every file in it?",
+                                                         confirm_text="Delete", icon='WARNING')
+        except TypeError:
+            return context.window_manager.invoke_confirm(self, event)
 
     def execute(self, context):
         job_dir = self.job_dir(context)
@@ -1246,7 +1251,7 @@ class NEURALFIELDS_PT_jobs(bpy.types.Panel):
 
         if state.running:
             box = layout.box()
-            box.progress(factor=state.progress, type='BAR', text=state.status_text or "Working...")
+            _progress_bar(box, state.progress, state.status_text or "Working...")
             box.operator(NEURALFIELDS_OT_job_cancel.bl_idname, icon='CANCEL')
         elif state.last_message:
             icon = {'done': 'CHECKMARK', 'failed': 'ERROR', 'cancelled': 'CANCEL'}.get(state.last_status, 'INFO')
@@ -1254,7 +1259,7 @@ class NEURALFIELDS_PT_jobs(bpy.types.Panel):
 
         info = next((item for item in infos if str(item.path) == state.selected_job), None)
         if info is not None:
-            self._draw_job(layout, context, info, settings, state)
+            _draw_job(layout, info, settings, state)
         images = packed_images()
         if images:
             row = layout.row()
@@ -1263,51 +1268,59 @@ class NEURALFIELDS_PT_jobs(bpy.types.Panel):
                       icon='PACKAGE')
             row.operator(NEURALFIELDS_OT_job_unpack.bl_idname, text="Unpack")
 
-    @staticmethod
-    def _draw_job(layout, context, info, settings, state):
-        box = layout.box()
-        box.label(text=info.name, icon=STATUS_ICONS.get(info.status, 'QUESTION'))
-        box.label(text=f"{TASK_LABELS.get(info.task, info.task)} of '{info.source}': {info.status}")
-        if info.message:
-            box.label(text=info.message[:120])
-        if info.running:
-            box.progress(factor=info.progress, type='BAR', text=f"{info.progress * 100:.0f}%")
-        if info.outputs:
-            box.label(text="Outputs: " + ", ".join(info.outputs[:6]) + (" ..." if len(info.outputs) > 6 else ""))
-        packed = packed_images().get(info.name)
-        if packed is not None and packed.packed_file is not None:
-            box.label(text=f"Packed in this .blend: {registry.format_size(packed.packed_file.size)}", icon='PACKAGE')
-        busy = state.running
-        column = box.column(align=True)
-        column.enabled = not busy
-        job = str(info.path)
-        row = column.row(align=True)
-        row.enabled = info.status == "done"
-        row.operator(NEURALFIELDS_OT_job_reimport.bl_idname, icon='IMPORT').job = job
-        if info.task in registry.EXTRACTABLE_TASKS:
-            sub = box.column()
-            sub.enabled = info.extractable and not busy
-            sub.use_property_split = True
-            sub.use_property_decorate = False
-            sub.prop(settings, "extract_resolution")
-            sub.prop(settings, "use_threshold")
-            if settings.use_threshold:
-                sub.prop(settings, "extract_threshold")
-            sub.prop(settings, "extract_smoothing")
-            sub.operator(NEURALFIELDS_OT_job_reextract.bl_idname, icon='MESH_ICOSPHERE').job = job
-        row = box.row(align=True)
-        row.enabled = info.resumable and not busy
-        row.operator(NEURALFIELDS_OT_job_resume.bl_idname, icon='PLAY').job = job
-        row = box.row(align=True)
-        row.operator(NEURALFIELDS_OT_job_open_log.bl_idname, icon='TEXT').job = job
-        row.operator(NEURALFIELDS_OT_job_open_folder.bl_idname, icon='FILE_FOLDER', text="Folder").job = job
-        row = box.row(align=True)
-        pack = row.row(align=True)
-        pack.enabled = info.has_checkpoint and not info.running
-        pack.operator(NEURALFIELDS_OT_job_pack.bl_idname, icon='PACKAGE').job = job
-        delete = row.row(align=True)
-        delete.enabled = not info.running
-        delete.operator(NEURALFIELDS_OT_job_delete.bl_idname, icon='TRASH', text="Delete").job = job
+
+
+def _progress_bar(layout, factor: float, text: str) -> None:
+    if hasattr(layout, "progress"):   # Blender 4.0+
+        layout.progress(factor=factor, type='BAR', text=text)
+    else:
+        layout.label(text=f"{factor * 100:.0f}%  {text}")
+
+
+def _draw_job(layout, info, settings, state):
+    box = layout.box()
+    box.label(text=info.name, icon=STATUS_ICONS.get(info.status, 'QUESTION'))
+    box.label(text=f"{TASK_LABELS.get(info.task, info.task)} of '{info.source}': {info.status}")
+    if info.message:
+        box.label(text=info.message[:120])
+    if info.running:
+        _progress_bar(box, info.progress, f"{info.progress * 100:.0f}%")
+    if info.outputs:
+        box.label(text="Outputs: " + ", ".join(info.outputs[:6]) + (" ..." if len(info.outputs) > 6 else ""))
+    packed = packed_images().get(info.name)
+    if packed is not None and packed.packed_file is not None:
+        box.label(text=f"Packed in this .blend: {registry.format_size(packed.packed_file.size)}", icon='PACKAGE')
+    busy = state.running
+    column = box.column(align=True)
+    column.enabled = not busy
+    job = str(info.path)
+    row = column.row(align=True)
+    row.enabled = info.status == "done"
+    row.operator(NEURALFIELDS_OT_job_reimport.bl_idname, icon='IMPORT').job = job
+    if info.task in registry.EXTRACTABLE_TASKS:
+        sub = box.column()
+        sub.enabled = info.extractable and not busy
+        sub.use_property_split = True
+        sub.use_property_decorate = False
+        sub.prop(settings, "extract_resolution")
+        sub.prop(settings, "use_threshold")
+        if settings.use_threshold:
+            sub.prop(settings, "extract_threshold")
+        sub.prop(settings, "extract_smoothing")
+        sub.operator(NEURALFIELDS_OT_job_reextract.bl_idname, icon='MESH_ICOSPHERE').job = job
+    row = box.row(align=True)
+    row.enabled = info.resumable and not busy
+    row.operator(NEURALFIELDS_OT_job_resume.bl_idname, icon='PLAY').job = job
+    row = box.row(align=True)
+    row.operator(NEURALFIELDS_OT_job_open_log.bl_idname, icon='TEXT').job = job
+    row.operator(NEURALFIELDS_OT_job_open_folder.bl_idname, icon='FILE_FOLDER', text="Folder").job = job
+    row = box.row(align=True)
+    pack = row.row(align=True)
+    pack.enabled = info.has_checkpoint and not info.running
+    pack.operator(NEURALFIELDS_OT_job_pack.bl_idname, icon='PACKAGE').job = job
+    delete = row.row(align=True)
+    delete.enabled = not info.running
+    delete.operator(NEURALFIELDS_OT_job_delete.bl_idname, icon='TRASH', text="Delete").job = job
 
 
 classes = (NeuralFieldsPendingJob, NeuralFieldsJobsSettings, NeuralFieldsJobsState, NEURALFIELDS_OT_job_select,

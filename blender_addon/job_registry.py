@@ -113,8 +113,13 @@ class JobInfo:
 
     @property
     def extractable(self) -> bool:
-        """A finished field a new mesh can be extracted from."""
-        return self.status == "done" and self.has_field and self.task in EXTRACTABLE_TASKS
+        """A field a new mesh can be extracted from: a finished one, or (sdf, occupancy) the last
+        resume checkpoint of a stopped one (the backend says so with a warning)."""
+        if self.task not in EXTRACTABLE_TASKS or self.running:
+            return False
+        if self.status == "done" and self.has_field:
+            return True
+        return self.task in ("sdf", "occupancy") and self.has_resume_point
 
 
 def list_jobs(jobs_root: str | os.PathLike, *, running_dirs: Iterable[str | os.PathLike] = ()) -> list[JobInfo]:
