@@ -365,7 +365,16 @@ def start_resample(context, image, settings: ImageFitSettings | None = None, spa
     try:
         job = protocol.read_job(job_dir)
         job_source = job.get("source") or {}
-        fit_output, result = jobs.image_result(job_dir)
+        try:
+            fit_output, result = jobs.image_result(job_dir)
+        except jobs.JobError:
+            # A job folder restored from a field packed in the .blend has no outputs/ (the
+            # fitted image is packed in the .blend itself); the field is all resample needs.
+            result = protocol.read_result(job_dir)
+            relative = (result.get("outputs") or {}).get("image")
+            if result.get("status") != "done" or not isinstance(relative, str):
+                raise
+            fit_output = Path(relative)
         width, height = int(job_source.get("width") or 0), int(job_source.get("height") or 0)
         if width < 1 or height < 1:  # a job not written by this add-on: the trained image's own size
             pixels, _info = imageio.read_image(protocol.resolve_inside(job_dir, job["inputs"]["image"]))

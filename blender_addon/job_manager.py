@@ -33,7 +33,6 @@ Every operator's work is a plain function (``reimport_job``, ``run_reextract``,
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass

@@ -3,7 +3,6 @@ operators re-extract at another resolution (no training), re-import, open the lo
 field into the .blend, save it and delete the job folder (the confirmation is skipped in
 background mode). job_manager_reopen.py opens the .blend in a fresh process."""
 
-import json
 import time
 from pathlib import Path
 
