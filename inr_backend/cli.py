@@ -313,16 +313,27 @@ def _add_nerf_commands(commands) -> None:
     render.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout")
     render.set_defaults(handler=_render_nerf)
 
-    extract = commands.add_parser("extract", help="extract a coloured mesh from a trained NeRF",
-                                  description="Marching cubes on the density of the NeRF in JOB_DIR, vertex colours "
-                                              "from the field, written in world coordinates as a binary PLY.")
-    extract.add_argument("job_dir", metavar="JOB_DIR")
-    extract.add_argument("--out", required=True, metavar="MESH_PLY")
-    extract.add_argument("--resolution", type=int, default=256)
-    extract.add_argument("--threshold", type=float, default=None, help="density threshold (default: the job's, 20)")
+    extract = commands.add_parser("extract", help="extract a mesh again from a trained sdf, occupancy or nerf job",
+                                  description="Marching cubes on the field trained in JOB_DIR, without any training: "
+                                              "sdf and occupancy jobs at another resolution, level (--threshold) or "
+                                              "smoothing; nerf jobs as a coloured mesh of the density. Written "
+                                              "atomically as a binary PLY in world coordinates (those of the job's own "
+                                              "mesh); prints the vertex and face counts. A job that has not finished "
+                                              "training is extracted from its last checkpoint.")
+    extract.add_argument("job_dir", metavar="JOB_DIR", help="a job folder (or a fit-mesh / fit-nerf OUT_DIR)")
+    extract.add_argument("--out", required=True, metavar="MESH_PLY", help="the mesh to write (.ply)")
+    extract.add_argument("--resolution", type=int, default=None,
+                         help="marching-cubes grid per axis, 16-2048 (default: the job's; nerf 256)")
+    extract.add_argument("--threshold", type=float, default=None,
+                         help="sdf: the distance level in the job's unit box (default: the job's level, 0); "
+                              "occupancy: the surface probability in (0, 1) (default: the job's, 0.5); "
+                              "nerf: the density (default: the job's, 20)")
+    extract.add_argument("--smoothing", type=int, default=0,
+                         help="Taubin smoothing iterations of the marching-cubes mesh (default 0: none)")
     extract.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    extract.add_argument("--json", action="store_true", help="print protocol messages (JSON lines) on stdout")
-    extract.set_defaults(handler=_extract_nerf)
+    extract.add_argument("--json", action="store_true",
+                         help="print protocol messages (JSON lines) on stdout, `done` last")
+    extract.set_defaults(handler=_extract)
 
 
 def _fit_nerf(args) -> int:
@@ -381,28 +392,50 @@ def _trained_job_dir(path: str) -> Path:
 
 
 class _CommandReporter:
-    """Protocol messages (--json) or readable lines for the render/extract commands."""
+    """Protocol messages (--json) or readable lines for the render/extract commands (thread-safe:
+    a heartbeat thread reports through it too)."""
 
     def __init__(self, as_json: bool):
+        import threading
+        import time
         self.as_json = as_json
         self.done = False
+        self.lock = threading.Lock()
+        self.last_sent = time.monotonic()
+        self.phase = ""
 
     def send(self, type: str, **fields) -> None:
+        import time
         message = protocol.make_message(type, **fields)
-        if self.as_json:
-            if not self.done:
-                print(protocol.encode_message(message), flush=True)
-            self.done = self.done or type == "done"
-        elif type != "done":
-            print(_describe(message) if type != "progress" else
-                  f"[{message['elapsed']:7.1f}s] {message.get('phase', '')} {message['step']}/{message['total']}",
-                  file=sys.stderr)
+        with self.lock:
+            self.last_sent = time.monotonic()
+            if type == "progress" and not fields.get("heartbeat"):
+                self.phase = fields.get("phase", self.phase)
+            if self.as_json:
+                if not self.done:
+                    print(protocol.encode_message(message), flush=True)
+                self.done = self.done or type == "done"
+            elif type != "done" and not fields.get("heartbeat"):
+                print(_describe(message) if type != "progress" or not message.get("total") else
+                      f"[{message['elapsed']:7.1f}s] {message.get('phase', '')} {message['step']}/{message['total']}",
+                      file=sys.stderr)
+
+    def heartbeat(self, stop, started: float) -> None:
+        """A progress message at least every second while one long call runs (as `run` does)."""
+        import time
+        while not stop.wait(0.25):
+            if time.monotonic() - self.last_sent >= 1.0:
+                self.send("progress", phase=self.phase, step=0, total=0, loss=None,
+                          elapsed=round(time.monotonic() - started, 3), eta=None, heartbeat=True)
 
 
 def _run_command(args, task: str, body) -> int:
-    """Start, run ``body(reporter, device)``, and end with `done` whatever happens."""
+    """Start, run ``body(reporter, device)``, and end with `done` whatever happens; a dict that
+    ``body`` returns goes into the `done` message."""
+    import threading
     import time
     reporter = _CommandReporter(args.json)
+    stop = threading.Event()
     try:
         from .job import choose_device
         device = choose_device(args.device, reporter)
@@ -410,18 +443,23 @@ def _run_command(args, task: str, body) -> int:
             from .job import limit_cpu_threads
             limit_cpu_threads()
         reporter.send("started", task=task, device=str(device))
-        body(reporter, device)
+        threading.Thread(target=reporter.heartbeat, args=(stop, time.monotonic()), name="heartbeat",
+                         daemon=True).start()
+        extra = body(reporter, device) or {}
     except KeyboardInterrupt:
+        stop.set()
         reporter.send("done", status="cancelled")
         return 1
     except Exception as exc:  # noqa: BLE001 - every failure ends in a message and `done`
+        stop.set()
         from .job import _user_message
         reporter.send("error", message=_user_message(exc))
         reporter.send("done", status="failed")
         if not args.json:
             print(f"error: {_user_message(exc)}", file=sys.stderr)
         return 1
-    reporter.send("done", status="done")
+    stop.set()
+    reporter.send("done", status="done", **extra)
     return 0
 
 
@@ -448,14 +486,28 @@ def _render_nerf(args) -> int:
     return _run_command(args, "render", body)
 
 
-def _extract_nerf(args) -> int:
+def _extract(args) -> int:
+    """`extract`: sdf / occupancy jobs through tasks.reextract, nerf jobs through tasks.nerf."""
     def body(reporter, device):
-        from .tasks.nerf import extract_to_file
-        info = extract_to_file(_trained_job_dir(args.job_dir), Path(args.out), resolution=args.resolution,
-                               threshold=args.threshold, device=device)
-        reporter.send("progress", phase="extracted", step=1, total=1, loss=0.0, elapsed=info["seconds"], eta=0.0,
-                      n_vertices=info["n_vertices"], n_faces=info["n_faces"])
+        job_dir = _trained_job_dir(args.job_dir)
+        task = protocol.read_job(job_dir)["task"]
+        reporter.send("progress", phase="extracting mesh", step=0, total=0, loss=None, elapsed=0.0, eta=None)
+        if task == "nerf":
+            from .tasks.nerf import extract_to_file
+            info = extract_to_file(job_dir, Path(args.out), resolution=args.resolution or 256,
+                                   threshold=args.threshold, smoothing=args.smoothing, device=device)
+        else:
+            from .tasks.reextract import extract_job_mesh
+            info = extract_job_mesh(job_dir, Path(args.out), resolution=args.resolution, threshold=args.threshold,
+                                    smoothing=args.smoothing, device=device)
+            if not info["finished"]:
+                reporter.send("warning", message=f"the job's training has not finished: this mesh comes from its "
+                                                 f"checkpoint at step {info['from_step']} (finish it with "
+                                                 "`run JOB_DIR --resume`)")
+        reporter.send("progress", phase="extracted", step=1, total=1, loss=0.0, elapsed=round(info["seconds"], 3),
+                      eta=0.0, n_vertices=info["n_vertices"], n_faces=info["n_faces"])
         if not args.json:
             print(f"{args.out}: {info['n_vertices']} vertices, {info['n_faces']} faces", file=sys.stderr)
+        return {"path": str(args.out), "n_vertices": info["n_vertices"], "n_faces": info["n_faces"]}
 
     return _run_command(args, "extract", body)

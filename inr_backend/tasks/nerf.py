@@ -35,7 +35,7 @@ from ..image_metrics import psnr, ssim
 from ..render.compositing import composite_background
 from ..render.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from ..render.rays import cameras_to_unit, image_rays, pixel_rays, ray_box
-from ..render.volume import render_rays_hierarchical, render_rays_marched
+from ..render.volume import render_rays_hierarchical, render_rays_marched, render_rays_packed
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
@@ -317,6 +317,11 @@ class NerfModel(torch.nn.Module):
         self.coarse = make_radiance_field(config.field) if config.model == "reference" else None
         self.grid = OccupancyGrid(config.grid)
 
+    @property
+    def max_ray_steps(self) -> int:
+        """Steps that cover the longest chord of the unit box, its diagonal 2 sqrt(3)."""
+        return int(math.ceil(2.0 * math.sqrt(3.0) / self.config.render.step_size)) + 1
+
     def render(self, origins, dirs, *, training: bool, generator=None, normals: bool = False) -> dict:
         """Rays (R, 3) -> rendered dict (rgb premultiplied, opacity, depth as ray distance)."""
         t_near, t_far = ray_box(origins, dirs, near=0.0)
@@ -327,11 +332,14 @@ class NerfModel(torch.nn.Module):
                                                     perturb=training, generator=generator, normals=normals)
             fine["coarse_rgb"], fine["coarse_opacity"] = coarse["rgb"], coarse["opacity"]
             return fine
-        jitter = torch.rand(len(origins), device=origins.device, generator=generator) if training else None
+        if training:
+            jitter = torch.rand(len(origins), device=origins.device, generator=generator)
+            return render_rays_packed(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
+                                      step_size=render.step_size, max_steps=self.max_ray_steps,
+                                      capacity=self.config.train.samples_per_batch, jitter=jitter)
         return render_rays_marched(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
-                                   step_size=render.step_size, jitter=jitter,
-                                   block_steps=None if training else render.block_steps,
-                                   early_stop=0.0 if training else render.early_stop, normals=normals)
+                                   step_size=render.step_size, block_steps=render.block_steps,
+                                   early_stop=render.early_stop, normals=normals)
 
     def update_grid(self, step: int, generator=None) -> None:
         if self.config.model != "ngp":
@@ -382,8 +390,11 @@ def make_optimizer(model: NerfModel, config: NerfConfig) -> torch.optim.Optimize
         grid_params = [model.field.encoding.table]
         mlp_params = [p for name, p in model.field.named_parameters() if not name.startswith("encoding.")]
         # instant-ngp: Adam with eps 1e-15 and a small weight decay on the MLPs only.
+        # On CUDA the fused Adam: one kernel instead of a few per parameter, which matters when
+        # the host's launch time is what bounds the step rate.
         return torch.optim.Adam([{"params": grid_params}, {"params": mlp_params, "weight_decay": 1e-6}],
-                                lr=config.train.learning_rate, betas=(0.9, 0.99), eps=1e-15)
+                                lr=config.train.learning_rate, betas=(0.9, 0.99), eps=1e-15,
+                                fused=model.field.encoding.table.is_cuda)
     return torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
 
 
@@ -405,6 +416,8 @@ class NerfTrainer:
         self.last_psnr = float("nan")
         self.samples_seen = 0
         self.rays_seen = 0
+        # Counts of the steps since the last device sync, kept on the device until then.
+        self._pending_samples = self._pending_rays = 0
 
     # Trainer fields a resume needs besides the model, the optimizer and the generator.
     _RESUMED_FIELDS = ("rays", "samples_seen", "rays_seen", "last_loss", "last_psnr")
@@ -458,21 +471,36 @@ class NerfTrainer:
             out = model.render(origins, dirs, training=True, generator=self.generator)
         out["rgb"] = out["rgb"].float()
         prediction = composite_background(out["rgb"], out["opacity"], bg)
-        loss = torch.mean((prediction - target) ** 2)
+        if "ray_valid" in out:
+            # Packed marching drops the rays whose samples did not fit the batch: train on the rest.
+            valid = out["ray_valid"].to(prediction.dtype)
+            loss = (((prediction - target) ** 2).mean(1) * valid).sum() / valid.sum().clamp(min=1.0)
+            self._pending_samples = self._pending_samples + out["n_samples"]
+            self._pending_rays = self._pending_rays + out["ray_valid"].sum()
+        else:
+            loss = torch.mean((prediction - target) ** 2)
+            self._pending_samples = self._pending_samples + out["n_samples"]
+            self._pending_rays = self._pending_rays + len(origins)
         if "coarse_rgb" in out:
             loss = loss + torch.mean((composite_background(out["coarse_rgb"], out["coarse_opacity"], bg) - target) ** 2)
         self.optimizer.zero_grad(set_to_none=True)
-        if out["n_samples"] > 0:
-            loss.backward()
-            self.optimizer.step()
+        loss.backward()
+        self.optimizer.step()
         self.step += 1
-        self.samples_seen += out["n_samples"]
-        self.rays_seen += len(origins)
-        if config.model == "ngp":   # keep the samples per batch near the target as the grid empties
-            samples = max(out["n_samples"], 1)
-            wanted = int(self.rays * config.train.samples_per_batch / samples)
-            self.rays = int(min(max(wanted, 256), config.train.max_rays))
         self._loss_tensor = loss.detach()
+
+    def _settle_counts(self) -> None:
+        """At a device sync: count the samples and rays of the last steps, and set the rays per
+        batch so that the samples fill the batch's slots (the grid empties as training goes on)."""
+        samples, rays = int(self._pending_samples), int(self._pending_rays)
+        self._pending_samples, self._pending_rays = 0, 0
+        self.samples_seen += samples
+        self.rays_seen += rays
+        if self.config.model == "ngp" and rays > 0:
+            # 3% headroom: the sum over ~10^4 random rays varies by about 1%, and a ray that
+            # does not fit is dropped.
+            wanted = int(0.97 * self.config.train.samples_per_batch * rays / max(samples, 1))
+            self.rays = int(min(max(wanted, 256), self.config.train.max_rays))
 
     def train_for(self, *, until_step: int, until_seconds: float | None = None,
                   on_step: Callable[["NerfTrainer"], None] | None = None,
@@ -492,6 +520,7 @@ class NerfTrainer:
                 now = time.perf_counter()
                 self.training_seconds += now - clock
                 clock = now
+                self._settle_counts()
                 self.last_loss = float(self._loss_tensor)
                 self.last_psnr = -10.0 * math.log10(max(self.last_loss, 1e-10))
                 if on_step is not None:
@@ -503,6 +532,7 @@ class NerfTrainer:
                     break
         _synchronize(self.device)
         self.training_seconds += time.perf_counter() - clock
+        self._settle_counts()
 
 
 def _synchronize(device) -> None:
@@ -718,12 +748,15 @@ def run_nerf_job(ctx) -> dict:
 
 
 def write_nerf_mesh(model: NerfModel, normalization: dict, path: Path, *, resolution: int, threshold: float,
-                    device, timings: dict | None = None) -> dict:
-    """Extract the coloured mesh into ``path`` (world coordinates); returns its vertex and face counts."""
+                    device, timings: dict | None = None, smoothing: int = 0) -> dict:
+    """Extract the coloured mesh into ``path`` (world coordinates); returns its vertex and face counts.
+    smoothing: Taubin smoothing iterations after the colours are taken (0: none)."""
     from ..geometry.extract import to_world
     from ..plyio import write_ply
+    from .reextract import taubin_smooth
     vertices, faces, colors = extract_nerf_mesh(model, resolution=resolution, threshold=threshold, device=device,
                                                 timings=timings)
+    vertices = taubin_smooth(vertices, faces, iterations=smoothing)
     write_ply(path, to_world(vertices, normalization), faces, vertex_colors=colors)
     return {"n_vertices": int(len(vertices)), "n_faces": int(len(faces))}
 
@@ -800,7 +833,7 @@ def render_frames_to_folder(job_dir: Path, cameras: Path, out_dir: Path, *, outp
 
 
 def extract_to_file(job_dir: Path, out: Path, *, resolution: int = 256, threshold: float | None = None,
-                    device="cpu") -> dict:
+                    device="cpu", smoothing: int = 0) -> dict:
     """Extract the coloured mesh of a trained NeRF into a PLY (world coordinates)."""
     model, meta = load_nerf(job_dir, device)
     if threshold is None:
@@ -808,5 +841,5 @@ def extract_to_file(job_dir: Path, out: Path, *, resolution: int = 256, threshol
     clock = time.perf_counter()
     timings: dict[str, float] = {}
     counts = write_nerf_mesh(model, meta["normalization"], Path(out), resolution=resolution, threshold=threshold,
-                             device=device, timings=timings)
+                             device=device, timings=timings, smoothing=smoothing)
     return {"seconds": time.perf_counter() - clock, **counts, "timings": timings}
