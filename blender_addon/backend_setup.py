@@ -271,6 +271,7 @@ class _Steps:
         if self.cancelled.is_set():
             raise Cancelled()
         self.log("$ " + " ".join(argv))
+        started = time.monotonic()
         kwargs: dict[str, Any] = _no_window()
         if os.name != "nt":
             kwargs["start_new_session"] = True  # cancel ends pip and whatever it started, as one group
@@ -306,6 +307,7 @@ class _Steps:
             if process.poll() is None:
                 self._stop(process)
                 process.wait()
+        self.log(f"(exit code {process.returncode} after {time.monotonic() - started:.1f} s)")
         if self.cancelled.is_set():
             raise Cancelled()
         if timed_out.is_set():
@@ -465,12 +467,18 @@ class _Task:
         self._thread.start()
         return self
 
-    def run(self) -> TaskResult:
-        """Synchronously, in the calling thread (background mode); returns the result."""
-        self._work()
-        self.poll()
-        assert self.result is not None
-        return self.result
+    def run(self, on_event: Callable[[Progress | TaskResult], Any] | None = None,
+            interval: float = 0.05) -> TaskResult:
+        """Start and wait for the result (background mode, where no timer polls), passing each event to
+        ``on_event`` as it comes."""
+        self.start()
+        while True:
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
+            if self.result is not None:
+                return self.result
+            time.sleep(interval)
 
     def poll(self) -> list[Progress | TaskResult]:
         """Drain what the worker reported; updates ``progress`` and ``result``."""
@@ -548,7 +556,8 @@ class _Task:
         self._report(step, 0.2, f"Python {info.version_text}: importing torch and the backend's libraries")
         code, lines = self._steps.run([python, "-m", "inr_backend", "selftest", "--json"],
                                       env=clean_child_env(pythonpath=BACKEND_PYTHONPATH), timeout=CHECK_TIMEOUT,
-                                      on_line=lambda line: self._report(step, 0.6, line[:200]))
+                                      on_line=lambda line: self._report(
+                                          step, 0.6, "Self-test finished" if line.startswith("{") else line[:200]))
         verdict = _verdict_from(lines)
         if verdict is None:
             tail = "\n".join(lines[-TAIL_LINES:]) or "(no output)"
@@ -672,15 +681,16 @@ class BackendSetup(_Task):
         self._report(STEP_VENV, 1.0, f"Created {venv_dir}")
 
     def _pip(self, step: str, argv: list[str], what: str) -> None:
-        seen = [0]
+        seen, within = [0], [0.0]
 
         def on_line(line: str) -> None:
             # pip has no overall percentage: "Collecting"/"Downloading" lines move the bar up to 80 %
-            # of the step, "Installing collected packages" to 90 %.
+            # of the step, "Installing collected packages" to 90 %; it never moves back.
             if line.startswith(("Collecting", "Downloading", "Processing", "Requirement already satisfied")):
                 seen[0] += 1
-            within = 0.9 if line.startswith("Installing collected packages") else min(0.8, 0.04 * seen[0])
-            self._report(step, within, line[:200])
+            now = 0.9 if line.startswith("Installing collected packages") else min(0.8, 0.04 * seen[0])
+            within[0] = max(within[0], now)
+            self._report(step, within[0], line[:200])
 
         self._report(step, 0.0, f"pip install {what}")
         code, lines = self._steps.run(argv, env=clean_child_env(), timeout=PIP_TIMEOUT, on_line=on_line)

@@ -118,8 +118,17 @@ class _BackendTaskOperator:
         if task is None:
             return {'CANCELLED'}
         _RUNNING["task"] = task
+        printed = [""]
+
+        def print_step(event) -> None:
+            # Background mode has no preferences window: say which step runs (once per step).
+            step = getattr(event, "step", "")
+            if bpy.app.background and step and step != printed[0]:
+                printed[0] = step
+                print(f"Neural Fields: {self.bl_label}: {step}", flush=True)
+
         try:
-            result = task.run()
+            result = task.run(on_event=print_step)
         finally:
             _RUNNING.pop("task", None)
         return self._finish(context, result)
