@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from inr_backend.kernels.hash_grid import fused_kernels_enabled  # noqa: E402
 from inr_backend.tasks import nerf  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "lego"
@@ -97,6 +98,23 @@ def time_mesh(model, normalization, device, out: Path, resolution: int = 512) ->
             **{k: round(v, 3) for k, v in timings.items()}}
 
 
+def profile_training(model, dataset: Path, device, steps: int = 20) -> None:
+    """Profile a few steps of continued training: where GPU time goes, and whether the host keeps up."""
+    from torch.profiler import ProfilerActivity, profile
+    train, _, _ = nerf.load_dataset(dataset, model.config, device, warn=lambda text: None)
+    trainer = nerf.NerfTrainer(model, train, model.config, device=device)
+    trainer.step = 10_000                        # past warm-up: sampled grid updates, as in steady training
+    trainer.train_for(until_step=trainer.step + 10)
+    sync(device)
+    clock = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        trainer.train_for(until_step=trainer.step + steps)
+        sync(device)
+    wall = (time.perf_counter() - clock) / steps
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
+    print(f"  wall per training step (under the profiler): {wall * 1000:.2f} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", nargs="?", default=str(DATA))
@@ -110,6 +128,9 @@ def main() -> int:
     parser.add_argument("--mixed-precision", action="store_true", help="MLPs in bfloat16")
     parser.add_argument("--skip-extras", action="store_true", help="no render/mesh timing")
     parser.add_argument("--profile-render", action="store_true", help="print a profile of one 800x800 render")
+    parser.add_argument("--profile-train", action="store_true", help="print a profile of 20 training steps")
+    parser.add_argument("--max-steps", type=int, default=10 ** 6, help="stop at this step (A/B runs at equal steps)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--out", default="/tmp/bench_nerf")
     args = parser.parse_args()
@@ -124,7 +145,7 @@ def main() -> int:
     result.update(scene_box=args.scene_box, mixed_precision=args.mixed_precision)
     print(f"NeRF on {dataset.name} ({result['device']}, preset {args.preset})", flush=True)
     model, held, normalization, rows, speed = train_with_checkpoints(
-        dataset, {"preset": args.preset, "device": args.device, "max_steps": 10 ** 6, "seconds": args.checkpoints[-1],
+        dataset, {"preset": args.preset, "device": args.device, "max_steps": args.max_steps, "seed": args.seed, "seconds": args.checkpoints[-1],
                   "mixed_precision": args.mixed_precision, **box},
         args.checkpoints, device, args.max_eval_views)
     result["ngp"] = {"checkpoints": rows, **{k: round(v, 1) for k, v in speed.items()}}
@@ -135,6 +156,9 @@ def main() -> int:
             nerf.render_view(model, c2w, intr, held.width * 2, held.height * 2)
             sync(device)
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    if args.profile_train:
+        profile_training(model, dataset, device)
+    result["fused_kernels"] = fused_kernels_enabled()
     if args.skip_extras:
         result["speed_only"] = True
         path = Path(args.json) if args.json else REPO / "bench" / "results" / f"nerf_{dataset.name}_variant.json"

@@ -7,9 +7,9 @@ Each encoding has a config dataclass; ``make_encoding(config, in_dim)`` builds i
 - ``fourier``: random Gaussian Fourier features (Tancik et al. 2020), sin/cos of 2 pi B x
   with B ~ N(0, sigma^2) drawn from a seed; B is a persistent buffer, so it is saved with
   the checkpoint and a loaded field does not depend on the random generator's history.
-- ``hashgrid``: instant-ngp's multiresolution hash encoding (Müller et al. 2022), in plain
-  PyTorch. Its gather/trilinear maths is in ``hash_grid_interpolate``, a pure function that a
-  fast kernel can replace and be tested against.
+- ``hashgrid``: instant-ngp's multiresolution hash encoding (Müller et al. 2022). Its
+  gather/trilinear maths is in ``hash_grid_interpolate``, a pure PyTorch function; on CUDA
+  with Triton the fused kernel in ``kernels.hash_grid`` replaces it (tests compare the two).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..kernels.hash_grid import fused_hash_grid_applies, fused_hash_grid_interpolate
 
 
 @dataclass
@@ -209,6 +211,8 @@ class HashGridEncoding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, D) in [-1, 1]^D -> (N, L*F)."""
         unit = ((x + 1) * 0.5).clamp(0.0, 1.0)
+        if fused_hash_grid_applies(unit, self.table):
+            return fused_hash_grid_interpolate(unit, self.table, self.resolutions, self.dense)
         return hash_grid_interpolate(unit, self.table, self.resolutions, self.dense)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .compositing import accumulate, render_weights
+from .compositing import accumulate, render_weights, render_weights_packed
 from .occupancy_grid import march_rays
 
 
@@ -53,9 +53,8 @@ def render_rays_marched(field, is_occupied, origins: torch.Tensor, dirs: torch.T
             t_kept = t[rays, steps]
             points = o[rays] + t_kept[:, None] * d[rays]
             density, sample_rgb = field(points, d[rays])
-            tau = torch.zeros_like(t).index_put((rays, steps), density.to(dtype) * step_size)
-            weights, block_transmittance = render_weights(tau)
-            w = weights[rays, steps] * transmittance[active][rays]
+            weights, block_transmittance = render_weights_packed(density.to(dtype) * step_size, rays, len(active))
+            w = weights * transmittance[active][rays]
             ray_ids = active[rays]
             rgb = rgb.index_add(0, ray_ids, w[:, None] * sample_rgb.to(dtype))
             depth = depth.index_add(0, ray_ids, w * t_kept)
@@ -74,6 +73,64 @@ def render_rays_marched(field, is_occupied, origins: torch.Tensor, dirs: torch.T
     if normals:
         out["normal"] = normal
     return out
+
+
+def march_rays_packed(origins: torch.Tensor, dirs: torch.Tensor, t_near: torch.Tensor, t_far: torch.Tensor, *,
+                      step_size: float, max_steps: int, capacity: int, is_occupied, jitter: torch.Tensor
+                      ) -> dict[str, torch.Tensor]:
+    """Occupancy marching into a fixed number of packed sample slots, with no host sync.
+
+    Samples are those of ``march_rays`` (t = t_near + (k + jitter) * step_size < t_far, in an
+    occupied cell, k < max_steps). Rays are packed in order; a ray whose samples do not all
+    fit in ``capacity`` slots is dropped whole (a ray cut short would render too transparent),
+    so the caller trains on ``ray_valid`` rays only. Every shape depends on R, max_steps and
+    capacity alone, so the GPU never waits for the host to learn how many samples there are.
+
+    returns ray_index (capacity,) int64 sorted, with R (a dummy ray) in unused slots;
+    t (capacity,); valid (capacity,) bool; ray_valid (R,) bool; n_samples () int64.
+    """
+    n_rays = len(origins)
+    offsets = torch.arange(max_steps, device=origins.device, dtype=origins.dtype)
+    t = t_near[:, None] + (offsets[None, :] + jitter[:, None]) * step_size            # (R, S)
+    points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+    keep = (t < t_far[:, None]) & is_occupied(points.reshape(-1, 3)).reshape(t.shape)
+    ray_end = torch.cumsum(keep.sum(1), 0)                                            # (R,) packed end of each ray
+    ray_valid = ray_end <= capacity
+    keep &= ray_valid[:, None]
+    flat_keep = keep.reshape(-1)
+    # Slot of each kept sample; everything else goes to a spill slot at `capacity`.
+    slot = torch.where(flat_keep, torch.cumsum(flat_keep, 0) - 1, capacity)
+    source = torch.full((capacity + 1,), t.numel(), dtype=torch.long, device=t.device)
+    source.scatter_(0, slot, torch.arange(t.numel(), device=t.device))
+    source = source[:capacity]
+    valid = source < t.numel()
+    source = torch.where(valid, source, 0)
+    ray_index = torch.where(valid, source // max_steps, n_rays)
+    return {"ray_index": ray_index, "t": t.reshape(-1)[source], "valid": valid, "ray_valid": ray_valid,
+            "n_samples": valid.sum()}
+
+
+def render_rays_packed(field, is_occupied, origins: torch.Tensor, dirs: torch.Tensor, t_near: torch.Tensor,
+                       t_far: torch.Tensor, *, step_size: float, max_steps: int, capacity: int,
+                       jitter: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Training render: ``render_rays_marched``'s maths on ``march_rays_packed``'s fixed slots.
+
+    returns rgb (R, 3) premultiplied, opacity (R,), depth (R,), ray_valid (R,) bool (train on
+    these rays only) and n_samples (a 0-d tensor: reading it would sync the device).
+    """
+    n_rays = len(origins)
+    march = march_rays_packed(origins, dirs, t_near, t_far, step_size=step_size, max_steps=max_steps,
+                              capacity=capacity, is_occupied=is_occupied, jitter=jitter)
+    rays, t, valid = march["ray_index"], march["t"], march["valid"]
+    safe_rays = rays.clamp(max=n_rays - 1)
+    points = origins[safe_rays] + t[:, None] * dirs[safe_rays]
+    density, sample_rgb = field(points, dirs[safe_rays])
+    tau = torch.where(valid, density.to(origins.dtype) * step_size, 0.0)
+    weights, transmittance = render_weights_packed(tau, rays, n_rays + 1)
+    rgb = accumulate(weights, sample_rgb.to(origins.dtype), rays, n_rays + 1)[:n_rays]
+    depth = accumulate(weights, t, rays, n_rays + 1)[:n_rays]
+    return {"rgb": rgb, "opacity": 1.0 - transmittance[:n_rays], "depth": depth, "ray_valid": march["ray_valid"],
+            "n_samples": march["n_samples"]}
 
 
 # --------------------------------------------------------------------------- hierarchical sampling
