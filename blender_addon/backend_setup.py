@@ -195,7 +195,8 @@ def free_gb(path: str | os.PathLike) -> float:
     return shutil.disk_usage(path).free / 1e9
 
 
-def pip_failure_message(what: str, returncode: int, lines: list[str], *, log_path: str = "") -> str:
+def pip_failure_message(what: str, returncode: int, lines: list[str], *, log_path: str = "",
+                        python_version: str = "") -> str:
     """What a failed pip step means, and what to do, from its last output lines."""
     text = "\n".join(lines)
     tail = "\n".join(lines[-TAIL_LINES:])
@@ -211,9 +212,10 @@ def pip_failure_message(what: str, returncode: int, lines: list[str], *, log_pat
                 f"add '--proxy http://host:port' under Extra pip Arguments) and press Set Up Backend again; offline, "
                 f"put the wheels in a folder and choose it as Wheel Folder.{log}\n{tail}")
     if re.search(r"No matching distribution found|Could not find a version that satisfies", text, re.I):
-        return (f"pip found no {what} for this Python ({platform.system()}, Python of the environment): the version "
-                f"may not exist for this platform, or the index is unreachable. Choose a Python 3.11 as Base Python, "
-                f"check the connection, or choose a Wheel Folder that holds it.{log}\n{tail}")
+        python = f"Python {python_version}" if python_version else "this Python"
+        return (f"pip found no {what} for {platform.system()} and {python}: that version may not exist for this "
+                f"platform, or the index is unreachable. Choose a Python 3.11 as Base Python, check the connection, "
+                f"or choose a Wheel Folder that holds it.{log}\n{tail}")
     return f"pip failed (exit code {returncode}) installing {what}.{log} Last lines:\n{tail}"
 
 
@@ -250,10 +252,14 @@ class _Steps:
         self._log = None
 
     def open_log(self) -> None:
-        if self.log_path is not None:
+        if self.log_path is None:
+            return
+        try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "a", encoding="utf-8")
             self._log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        except OSError:  # a log is a help, not a need: messages still carry the last lines
+            self._log, self.log_path = None, None
 
     def close_log(self) -> None:
         if self._log is not None:
@@ -478,6 +484,9 @@ class _Task:
                     on_event(event)
             if self.result is not None:
                 return self.result
+            if self._thread is not None and not self._thread.is_alive() and self._events.empty():
+                self.result = TaskResult(False, "The set-up thread ended without a result; please report it")
+                return self.result
             time.sleep(interval)
 
     def poll(self) -> list[Progress | TaskResult]:
@@ -615,6 +624,7 @@ class BackendSetup(_Task):
         super().__init__(venv_dir.parent / SETUP_LOG)
         self.config = config
         self.venv_dir = venv_dir
+        self._python_version = ""   # the environment's, once known
 
     @property
     def python(self) -> str:
@@ -655,6 +665,7 @@ class BackendSetup(_Task):
             try:
                 info = probe_python([str(python)], steps=self._steps)
                 if python_version_ok(info.version):
+                    self._python_version = info.version_text
                     self._report(STEP_VENV, 1.0, f"Using the existing environment {venv_dir} (Python {info.version_text})")
                     return
             except SetupError:
@@ -678,6 +689,7 @@ class BackendSetup(_Task):
                                  f"Backend again.")
             raise SetupError(f"{base.executable} could not create an environment in {venv_dir} (exit code {code}). "
                              f"{INSTALL_PYTHON_HINT}. Last lines:\n{text}")
+        self._python_version = base.version_text
         self._report(STEP_VENV, 1.0, f"Created {venv_dir}")
 
     def _pip(self, step: str, argv: list[str], what: str) -> None:
@@ -695,7 +707,8 @@ class BackendSetup(_Task):
         self._report(step, 0.0, f"pip install {what}")
         code, lines = self._steps.run(argv, env=clean_child_env(), timeout=PIP_TIMEOUT, on_line=on_line)
         if code != 0:
-            raise SetupError(pip_failure_message(what, code, lines, log_path=str(self._steps.log_path or "")))
+            raise SetupError(pip_failure_message(what, code, lines, log_path=str(self._steps.log_path or ""),
+                                                 python_version=self._python_version))
         self._report(step, 1.0, lines[-1][:200] if lines else "")
 
 

@@ -189,7 +189,8 @@ def test_setup_reports_pip_failure_and_keeps_the_environment(scratch):
                                     min_free_gb=0))
     result = task.run()
     assert not result.ok and not result.cancelled
-    assert result.message.startswith("pip found no torch 0.0.1 (CPU build)"), result.message
+    assert result.message.startswith("pip found no torch 0.0.1 (CPU build) for "), result.message
+    assert f"Python {'.'.join(map(str, sys.version_info[:3]))}" in result.message
     assert backend_setup.venv_python(venv).exists()         # kept: the next set-up resumes in it
     assert not (venv / "neural_fields_setup.json").exists()  # but it is not marked as set up
     log = Path(result.log_path)
