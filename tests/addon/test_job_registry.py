@@ -87,10 +87,10 @@ def test_statuses_progress_and_messages(tmp_path):
     failed = jobs["failed"]
     assert failed.status == "failed" and failed.message == "no surface found at level 0"
     assert failed.progress == pytest.approx(0.1) and failed.resumable
-    assert not failed.extractable                                           # no trained field
+    assert failed.extractable                         # an sdf job's last resume checkpoint can be extracted
     cancelled = jobs["cancelled"]
     assert (cancelled.status, cancelled.task, cancelled.source) == ("cancelled", "image", "photo.png")
-    assert not cancelled.resumable                                          # no checkpoint to resume from
+    assert not cancelled.resumable and not cancelled.extractable           # no checkpoint; an image has no surface
     killed = jobs["killed"]
     assert killed.status == "interrupted" and killed.resumable
     assert killed.progress == pytest.approx(0.5) and killed.elapsed == 8.0
