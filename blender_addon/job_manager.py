@@ -557,6 +557,24 @@ def stop_all_tasks() -> None:
     _ACTIVE.clear()
 
 
+def stop_job(context, job_dir: str | Path) -> str:
+    """Stop a running training: this Blender's own backend through its pipe (`cancel`), one
+    started by an earlier Blender (kept running) by a signal. Returns what was done."""
+    job_dir = Path(job_dir)
+    for live in runner.running_runners():
+        if live.job_dir is not None and Path(live.job_dir) == job_dir and live.is_run_command:
+            live.cancel()
+            return f"Cancelling {job_dir.name}"
+    try:
+        pid = registry.stop_backend(job_dir)
+    except registry.JobRegistryError as exc:
+        raise JobManagerError(str(exc)) from None
+    if pid is None:
+        raise JobManagerError(f"The job {job_dir.name} is not running")
+    _LIST_CACHE["at"] = 0.0
+    return f"Asked the backend of {job_dir.name} (process {pid}) to stop; it saves a checkpoint to resume from"
+
+
 # --------------------------------------------------------------------------- log, delete
 
 
@@ -1091,6 +1109,25 @@ class NEURALFIELDS_OT_job_cancel(bpy.types.Operator):
         return {'FINISHED'}
 
 
+class NEURALFIELDS_OT_job_stop(_JobOperator, bpy.types.Operator):
+    """Stop this running training (also one that kept running after an earlier Blender quit); it can be resumed"""
+
+    bl_idname = "neural_fields.job_stop"
+    bl_label = "Stop"
+
+    def execute(self, context):
+        job_dir = self.job_dir(context)
+        if job_dir is None:
+            return {'CANCELLED'}
+        try:
+            message = stop_job(context, job_dir)
+        except JobManagerError as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, message)
+        return {'FINISHED'}
+
+
 class NEURALFIELDS_OT_job_open_log(_JobOperator, bpy.types.Operator):
     """Show the job's backend.log in a text block (Text Editor)"""
 
@@ -1284,6 +1321,7 @@ def _draw_job(layout, info, settings, state):
         box.label(text=info.message[:120])
     if info.running:
         _progress_bar(box, info.progress, f"{info.progress * 100:.0f}%")
+        box.operator(NEURALFIELDS_OT_job_stop.bl_idname, icon='CANCEL').job = str(info.path)
     if info.outputs:
         box.label(text="Outputs: " + ", ".join(info.outputs[:6]) + (" ..." if len(info.outputs) > 6 else ""))
     packed = packed_images().get(info.name)
@@ -1324,7 +1362,7 @@ def _draw_job(layout, info, settings, state):
 
 classes = (NeuralFieldsPendingJob, NeuralFieldsJobsSettings, NeuralFieldsJobsState, NEURALFIELDS_OT_job_select,
            NEURALFIELDS_OT_job_reimport, NEURALFIELDS_OT_job_reextract, NEURALFIELDS_OT_job_resume,
-           NEURALFIELDS_OT_job_cancel, NEURALFIELDS_OT_job_open_log, NEURALFIELDS_OT_job_delete,
+           NEURALFIELDS_OT_job_cancel, NEURALFIELDS_OT_job_stop, NEURALFIELDS_OT_job_open_log, NEURALFIELDS_OT_job_delete,
            NEURALFIELDS_OT_job_pack, NEURALFIELDS_OT_job_unpack, NEURALFIELDS_OT_job_open_folder, NEURALFIELDS_PT_jobs)
 
 

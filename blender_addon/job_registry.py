@@ -352,6 +352,29 @@ def backend_running(job_dir: str | os.PathLike) -> bool:
     return info is not None and pid_alive(info["pid"])
 
 
+def stop_backend(job_dir: str | os.PathLike) -> int | None:
+    """Ask the backend named by backend.pid to stop (SIGTERM: it cancels cleanly, saving a resume
+    checkpoint and result.json, as on a `cancel` line). Returns its pid, or None when none runs.
+
+    For a job this process did not start (re-attached after a restart): there is no pipe to
+    write `cancel` to. On Windows the signal would kill it outright, so it is refused there."""
+    info = read_pid_file(job_dir)
+    if info is None or not pid_alive(info["pid"]):
+        return None
+    if sys.platform == "win32":
+        raise JobRegistryError("Stopping a job started by another Blender is not supported on Windows: end "
+                               f"the backend process {info['pid']} in the Task Manager")
+    import signal
+    try:
+        os.kill(info["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        raise JobRegistryError(f"The backend process {info['pid']} belongs to another user: it cannot be stopped "
+                               "from here") from None
+    return info["pid"]
+
+
 # --------------------------------------------------------------------------- events.jsonl
 
 

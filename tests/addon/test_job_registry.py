@@ -122,6 +122,11 @@ def test_running_by_backend_pid(tmp_path):
         os.utime(folder / protocol.RESULT_FILE, (started - 10, started - 10))
         assert registry.read_job_info(folder).status == "running"
         (folder / protocol.RESULT_FILE).unlink()
+        # Stop: SIGTERM to the process backend.pid names (the backend cancels cleanly on it).
+        if sys.platform != "win32":
+            assert registry.stop_backend(folder) == process.pid
+            assert process.wait(timeout=10) != 0
+            assert registry.stop_backend(folder) is None             # nothing runs any more
     finally:
         process.kill()
         process.wait()
