@@ -286,8 +286,12 @@ def _matrix(value: Any, where: str) -> np.ndarray:
     if np.max(np.abs(matrix[3] - (0.0, 0.0, 0.0, 1.0))) > 1e-6:
         raise DatasetError(f"{where}: transform_matrix's last row is {matrix[3].tolist()}, expected [0, 0, 0, 1] "
                            "(a camera-to-world matrix)")
-    axes = np.linalg.norm(matrix[:3, :3], axis=0)
-    if not np.all(axes > 1e-12) or abs(np.linalg.det(matrix[:3, :3])) <= 1e-9 * float(np.prod(axes)):
+    with np.errstate(over="ignore", invalid="ignore"):   # entries near 1e308 overflow: refused below
+        axes = np.linalg.norm(matrix[:3, :3], axis=0)
+        det = float(np.linalg.det(matrix[:3, :3]))
+        usable = bool(np.all(axes > 1e-12) and np.all(np.isfinite(axes)) and math.isfinite(det)
+                      and abs(det) > 1e-9 * float(np.prod(axes)))
+    if not usable:
         raise DatasetError(f"{where}: transform_matrix's rotation is degenerate (an axis of length 0, or axes "
                            "in one plane): it is not a camera pose")
     return matrix
