@@ -56,6 +56,15 @@ def extract_job_mesh(job_dir: str | Path, out: str | Path, *, resolution: int | 
     if not 16 <= resolution <= 2048:
         raise ValueError(f"resolution must be between 16 and 2048, got {resolution}")
 
+    if task == "sdf":
+        level = config.extract.level if threshold is None else float(threshold)
+        if not np.isfinite(level):
+            raise ValueError(f"the sdf threshold (level) must be a finite number, got {threshold}")
+    else:
+        level = config.extract.threshold if threshold is None else float(threshold)
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"the occupancy threshold is a probability strictly between 0 and 1, got {threshold}")
+
     model, meta, from_step, finished = load_trained_field(job_dir, device=device)
     if meta.get("task", task) != task:
         raise protocol.ProtocolError(f"the checkpoint in {job_dir} holds a {meta.get('task')!r} field, but job.json "
@@ -65,16 +74,10 @@ def extract_job_mesh(job_dir: str | Path, out: str | Path, *, resolution: int | 
         normalization = protocol.read_json(job_dir / protocol.NORMALIZATION_FILE, "normalization.json")
     model.eval()
     if task == "sdf":
-        level = config.extract.level if threshold is None else float(threshold)
-        if not np.isfinite(level):
-            raise ValueError(f"the sdf threshold (level) must be a finite number, got {threshold}")
         vertices, faces = extract_mesh(lambda p: model(p)["sdf"], resolution=resolution, level=level,
                                        device=device, chunk=config.extract.chunk)
     else:
         from .occupancy import CHANNEL, extract_occupancy_mesh
-        level = config.extract.threshold if threshold is None else float(threshold)
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"the occupancy threshold is a probability strictly between 0 and 1, got {threshold}")
         settings = dataclasses.replace(config.extract, resolution=resolution, threshold=level)
         vertices, faces = extract_occupancy_mesh(lambda p: model(p)[CHANNEL], settings, device=device)
     vertices = taubin_smooth(vertices, faces, iterations=smoothing)
