@@ -67,3 +67,15 @@ def progress_bar(layout, *, factor: float, text: str) -> None:
         layout.progress(factor=factor, type='BAR', text=text)
     else:
         layout.label(text=f"{factor * 100:.0f}%  {text}")
+
+
+def set_polygon_sizes(mesh, loop_totals) -> None:
+    """Give new polygons their corner counts, after ``loop_start`` was set.
+
+    Blender 4.0+ derives each polygon's size from the next one's ``loop_start`` (the
+    property is read-only there). Blender 3.x stores ``loop_total`` too and leaves it 0
+    when unset: such a mesh passes ``update()`` and crashes the viewport when it is drawn.
+    """
+    import bpy
+    if not bpy.types.MeshPolygon.bl_rna.properties["loop_total"].is_readonly:
+        mesh.polygons.foreach_set("loop_total", loop_totals)

@@ -390,6 +390,7 @@ def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray):
     mesh.loops.foreach_set("vertex_index", faces.ravel())
     mesh.polygons.add(len(faces))
     mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
+    compat.set_polygon_sizes(mesh, np.full(len(faces), 3, dtype=np.int32))
     mesh.update(calc_edges=True)
     if hasattr(mesh, "shade_smooth"):
         mesh.shade_smooth()
