@@ -65,6 +65,7 @@ def test_extension_converts_a_mesh(series, venv_dir, extension_zip, tmp_path):
     data = json.loads(result_path.read_text())
     assert not data.get("exception"), data["exception"] + output
     assert process.returncode == 0, output
+    assert "Traceback" not in process.stdout + process.stderr, output
 
     assert data["blender"].startswith(series), data["blender"]
     assert data["install"] == ["FINISHED"] and data["enabled"], output
