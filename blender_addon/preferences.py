@@ -18,7 +18,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import backend_setup
+from . import backend_setup, compat
 
 TIMER_INTERVAL = 0.1
 WRAP_WIDTH = 100       # characters per label line (labels do not wrap by themselves)
@@ -34,12 +34,10 @@ def running_task():
     return task if task is not None and not task.finished else None
 
 
-def backend_venv_dir(*, create: bool = True) -> Path:
-    """The backend's own environment: ``<add-on user folder>/backend-venv``, never Blender's Python."""
-    try:
-        return Path(bpy.utils.extension_path_user(__package__, path="backend-venv", create=create))
-    except Exception:  # not installed as an extension (a legacy add-on install)
-        return Path(bpy.utils.user_resource('DATAFILES', path="neural_fields/backend-venv", create=create))
+def backend_venv_dir() -> Path:
+    """The backend's own environment: ``<add-on user folder>/backend-venv`` (an extension's
+    ``extension_path_user``; a legacy add-on's config folder), never Blender's Python."""
+    return compat.user_data_dir(__package__, subdir="backend-venv")
 
 
 def _preferences(context):
@@ -302,7 +300,7 @@ class NeuralFieldsPreferences(bpy.types.AddonPreferences):
             box.prop(self, "setup_base_python")
             box.prop(self, "setup_wheels_dir")
             box.prop(self, "setup_pip_args")
-            box.label(text=f"Environment: {backend_venv_dir(create=False)}", icon='FILE_FOLDER')
+            box.label(text=f"Environment: {backend_venv_dir()}", icon='FILE_FOLDER')
         layout.prop(self, "device")
         layout.prop(self, "jobs_dir")
         if not self.jobs_dir:
@@ -315,7 +313,7 @@ def _draw_progress(layout, task) -> None:
     progress = task.progress
     step = progress.step or "Starting"
     text = f"{step}: {progress.fraction * 100:.0f}%" + (" (cancelling)" if task.cancel_requested else "")
-    layout.progress(factor=progress.fraction, type='BAR', text=text)
+    compat.progress_bar(layout, factor=progress.fraction, text=text)
     if progress.line:
         layout.label(text=textwrap.shorten(progress.line, WRAP_WIDTH, placeholder="..."))
     layout.operator(NEURALFIELDS_OT_cancel_backend_task.bl_idname, text="Cancel (Esc)", icon='CANCEL')

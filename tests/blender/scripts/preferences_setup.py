@@ -91,7 +91,7 @@ def main(args):
     out["setup_missing_base"] = run_operator("setup_backend")
     out["python_after_setup"] = prefs.backend_python
     out["status_setup"] = json.loads(prefs.backend_status)
-    out["venv_dir"] = str(preferences_module.backend_venv_dir(create=False))
+    out["venv_dir"] = str(preferences_module.backend_venv_dir())
     prefs.setup_base_python = ""
 
     # A check running on its worker thread (what the modal operator polls): the progress bar and
