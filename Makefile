@@ -15,7 +15,7 @@ BPY42_VENV := .venv-bpy42
 BPY50_VENV := .venv-bpy50
 # A real Blender with a window (tests/ui/): Debian's blender package (3.4 on bookworm), an X
 # server without a screen, a key-press tool, and numpy for Blender's system Python.
-UI_APT_PACKAGES := blender xvfb xdotool x11-apps python3-numpy
+UI_APT_PACKAGES := blender xvfb xdotool python3-numpy
 
 setup: $(VENV)/.installed
 
@@ -63,8 +63,8 @@ $(BPY50_VENV)/.installed:
 # password-less sudo); otherwise says so and leaves the machine alone.
 ui-setup:
 	@if command -v blender >/dev/null && command -v Xvfb >/dev/null && command -v xdotool >/dev/null \
-	    && command -v xwd >/dev/null && /usr/bin/python3 -c "import numpy" 2>/dev/null; then \
-	  echo "ui-setup: blender, Xvfb, xdotool, xwd and numpy are installed"; \
+	    && /usr/bin/python3 -c "import numpy" 2>/dev/null; then \
+	  echo "ui-setup: blender, Xvfb, xdotool and numpy are installed"; \
 	elif ! command -v apt-get >/dev/null; then \
 	  echo "ui-setup: no apt-get here: install $(UI_APT_PACKAGES) yourself to run tests/ui"; exit 1; \
 	else \

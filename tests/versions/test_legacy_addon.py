@@ -4,12 +4,18 @@ and the zip layout its *Install...* button expects. Plain Python, no Blender nee
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
 import sys
 import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -67,3 +73,29 @@ def test_addon_id_and_extension_detection():
     assert compat.addon_id("neural_fields") == "neural_fields"
     assert compat.is_extension("bl_ext.user_default.neural_fields")
     assert not compat.is_extension("neural_fields")
+
+
+@pytest.mark.blender
+def test_legacy_zip_installs_and_enables_in_this_blender(tmp_path):
+    """The legacy path in the main venv's Blender (4.5): installed into user scripts, jobs under config."""
+    import importlib.util
+    if importlib.util.find_spec("bpy") is None:
+        pytest.skip("the bpy module is not installed in this Python: run `make setup`")
+    out = build_addon.build(tmp_path / "legacy.zip", legacy=True)
+    result_path = tmp_path / "result.json"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["BLENDER_USER_RESOURCES"] = str(tmp_path / "blender_user")
+    process = subprocess.run([sys.executable, str(SCRIPTS / "legacy_install.py"),
+                              json.dumps({"zip": str(out), "result": str(result_path)})],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    output = process.stdout[-3000:] + process.stderr[-3000:]
+    assert result_path.exists(), output
+    data = json.loads(result_path.read_text())
+    assert not data.get("exception"), data["exception"] + output
+    assert process.returncode == 0 and "Traceback" not in output, output
+    assert data["install"] == ["FINISHED"] and data["enable"] == ["FINISHED"] and data["enabled"]
+    user = tmp_path / "blender_user"
+    assert Path(data["module_file"]) == user / "scripts" / "addons" / "neural_fields" / "__init__.py"
+    assert not data["is_extension"]
+    assert Path(data["jobs_root"]) == user / "config" / "neural_fields" / "jobs"
+    assert data["operator"] and data["panel"] and not data["panel_after_disable"]
