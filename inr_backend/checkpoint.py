@@ -12,6 +12,7 @@ written beside them, periodically and on cancel: see "training state" below.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -153,7 +154,14 @@ def restore_training_state(state: TrainingState, *, model: torch.nn.Module, opti
         saved = state.tensors.get(f"rng/{name}")
         if saved is None:
             raise ProtocolError(f"the checkpoint in {state.path} lacks the random generator state {name!r}")
-        generator.set_state(saved.to(torch.uint8).cpu())
+        try:
+            generator.set_state(saved.to(torch.uint8).cpu())
+        except RuntimeError:
+            # Saved on another kind of device (a CUDA generator's state does not fit a CPU one):
+            # training goes on from the restored weights, with other random batches.
+            logging.getLogger("inr_backend").warning(
+                "the random generator %r of the checkpoint comes from another device; batches after the resume "
+                "differ from an uninterrupted run's", name)
     if "rng/torch_cpu" in state.tensors:
         torch.set_rng_state(state.tensors["rng/torch_cpu"].to(torch.uint8).cpu())
 
@@ -264,6 +272,8 @@ def load_training_state(checkpoint_dir: str | os.PathLike) -> TrainingState | No
     if int(meta.get("schema_version", 0)) > STATE_SCHEMA:
         raise ProtocolError(f"the checkpoint in {folder} was written by a newer backend (state schema "
                             f"{meta.get('schema_version')}): update the backend")
+    check_safetensors(folder / STATE_WEIGHTS_FILE)   # a pickle named like a checkpoint is refused by name
+    check_safetensors(folder / STATE_TRAINER_FILE)
     try:
         weights = load_file(str(folder / STATE_WEIGHTS_FILE), device="cpu")
         tensors = load_file(str(folder / STATE_TRAINER_FILE), device="cpu")

@@ -403,6 +403,8 @@ def _run_job(job_dir: Path, stream: TextIO, stdin: TextIO | None, *, install_sig
         protocol.write_json_atomic(job_dir / protocol.CONFIG_FILE, config.to_dict())
         result["device"] = _device_name(device)
         result["versions"] = versions()
+        if resume_state is None:
+            _clear_previous_run(job_dir)
         ctx = JobContext(job_dir, job, config, device, reporter, cancel, resume_state=resume_state)
         started_fields = {"resumed_from_step": resume_state.step} if resume_state is not None else {}
         reporter.send("started", task=job["task"], device=result["device"], job=str(job_dir), **started_fields)
@@ -493,6 +495,19 @@ def _resume_state(job_dir: Path, task: str, config: Any):
             f"{', ...' if len(changed) > 6 else ''}): a resume continues the same training. Restore them, "
             "or run the job again without --resume to start afresh")
     return state
+
+
+def _clear_previous_run(job_dir: Path) -> None:
+    """A fresh run of a job folder that ran before starts afresh: the old training state must not
+    be resumed into this run, nor an old result.json describe it if it is killed."""
+    from .checkpoint import RESUME_DIR, RESUME_POINTER
+    import shutil
+    checkpoints = job_dir / protocol.CHECKPOINTS_DIR
+    for path in (checkpoints / RESUME_POINTER, job_dir / protocol.RESULT_FILE):
+        if path.exists():
+            log.info("fresh run: removing %s of the previous run", path.relative_to(job_dir))
+            path.unlink()
+    shutil.rmtree(checkpoints / RESUME_DIR, ignore_errors=True)
 
 
 def _finished_result(job_dir: Path) -> dict | None:
