@@ -218,8 +218,9 @@ def check_views(frames: Iterable[Any], *, center: Sequence[float] | None = None,
                              "Re-render the capture or fix the file paths in transforms.json.")
     if unreadable:
         more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
-        report.errors.append(f"{len(unreadable)} of {n} images cannot be read as PNG or JPEG (corrupt, truncated or another format): "
-                             f"{', '.join(unreadable[:3])}{more}. Re-render or re-export them as PNG or JPEG.")
+        report.errors.append(f"{len(unreadable)} of {n} images cannot be read as PNG or JPEG (corrupt, truncated or "
+                             f"another format): {', '.join(unreadable[:3])}{more}. Re-render or re-export them as "
+                             "PNG or JPEG.")
     if exr:
         more = f" and {len(exr) - 3} more" if len(exr) > 3 else ""
         report.errors.append(f"{len(exr)} of {n} images are OpenEXR ({', '.join(exr[:3])}{more}): NeRF training "

@@ -99,7 +99,8 @@ def confined_path(root: Path, file_path: str, where: str = "") -> Path:
     if any(ord(ch) < 32 for ch in file_path):
         raise DatasetError(f"{label}file_path {file_path!r:.100} holds control characters (NUL, newline, ...): "
                            "give the image's plain relative path")
-    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in file_path.replace("\\", "/").split("/")):
+    parts = file_path.replace("\\", "/").split("/")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts):
         raise DatasetError(f"{label}file_path {file_path[:60]!r}... has a name longer than {MAX_NAME_BYTES} bytes, "
                            "which no file can have")
     if (PurePosixPath(file_path).is_absolute() or PureWindowsPath(file_path).is_absolute()

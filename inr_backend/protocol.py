@@ -207,7 +207,8 @@ def check_relative_path(relative: Any, what: str = "the job folder") -> str:
                             f"give a plain relative path inside {what}")
     if os.path.isabs(relative) or relative.startswith(("/", "\\")) or ":" in relative:
         raise ProtocolError(f"path {relative!r:.100} must be relative to {what}")
-    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in relative.replace("\\", "/").split("/")):
+    parts = relative.replace("\\", "/").split("/")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts):
         raise ProtocolError(f"path {relative!r:.60}... has a name longer than {MAX_NAME_BYTES} bytes")
     return relative
 
@@ -263,7 +264,8 @@ def check_safetensors(path: str | os.PathLike) -> Path:
     if 0 < length <= min(size - 8, MAX_SAFETENSORS_HEADER) and header.lstrip()[:1] == b"{":
         return path
     if head[:1] == b"\x80" or head[:2] == b"PK":
-        kind = "a Python pickle" if head[:1] == b"\x80" else "a zip archive (PyTorch's torch.save format, which unpickles)"
+        kind = ("a Python pickle" if head[:1] == b"\x80"
+                else "a zip archive (PyTorch's torch.save format, which unpickles)")
         raise ProtocolError(f"checkpoint file {path} is {kind}, not safetensors: such files can run code when "
                             "loaded, so it is refused. Only checkpoints written by this backend (safetensors) are "
                             "loaded; train the job again")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -289,7 +288,8 @@ def frame(**overrides):
     return {"file_path": "a.png", "transform_matrix": EYE, **overrides}
 
 
-NAN_MATRIX = '{"fl_x": 10, "frames": [{"file_path": "a.png", "transform_matrix": [[NaN,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}]}'
+NAN_MATRIX = ('{"fl_x": 10, "frames": [{"file_path": "a.png", '
+              '"transform_matrix": [[NaN,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}]}')
 
 TRANSFORMS_CASES = [
     ("nan_matrix", NAN_MATRIX, "NaN or infinite"),

@@ -222,7 +222,8 @@ valid_transforms = st.builds(
     st.fixed_dictionaries(
         {"frames": st.lists(biased(valid_frames, mutated(valid_frames, frame_keys, frame_values)), min_size=1,
                             max_size=3)},
-        optional={"w": biased(st.sampled_from([8, 16, 640]), numbers), "h": biased(st.sampled_from([6, 12, 480]), numbers),
+        optional={"w": biased(st.sampled_from([8, 16, 640]), numbers),
+                  "h": biased(st.sampled_from([6, 12, 480]), numbers),
                   "cx": sane_numbers, "k1": sane_numbers, "camera_model": st.sampled_from(["OPENCV", "PINHOLE"]),
                   "aabb_scale": json_values}))
 

@@ -91,7 +91,8 @@ def write_dataset(root: Path, backend, count=3, size=(8, 6), suffix=".png", bits
         else:
             imageio.write_png(root / name, pixels, bits=bits)
         angle = 2 * math.pi * index / count
-        frames.append({"file_path": name, "transform_matrix": look_at([4 * math.cos(angle), 4 * math.sin(angle), 1]).tolist(),
+        eye = [4 * math.cos(angle), 4 * math.sin(angle), 1]
+        frames.append({"file_path": name, "transform_matrix": look_at(eye).tolist(),
                        "fl_x": 1.2 * w, "fl_y": 1.2 * w, "cx": w / 2, "cy": h / 2, "w": w, "h": h})
     if frames_override:
         frames_override(frames)
