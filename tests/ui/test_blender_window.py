@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -55,9 +54,8 @@ def require_tools() -> dict[str, str]:
     missing = [f"{tool} (Debian package {TOOLS[tool]})" for tool, path in paths.items() if path is None]
     if missing:
         pytest.skip(f"missing {', '.join(missing)}: {SETUP_HINT}")
-    try:
-        import torch  # noqa: F401  (the backend runs in this Python)
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:  # the backend runs in this Python
         pytest.skip(f"{sys.executable} has no torch, so it cannot run the backend: run the tests with .venv/bin/python")
     return paths
 
