@@ -73,9 +73,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    """The `run` command. It ends the process itself (os._exit): in-process callers use job.run_job."""
+    import os
     from .job import keep_running_from_env, run_job
-    return run_job(args.job_dir, stdin=None if args.ignore_stdin else sys.stdin, resume=args.resume,
+    code = run_job(args.job_dir, stdin=None if args.ignore_stdin else sys.stdin, resume=args.resume,
                    keep_running=args.keep_running or keep_running_from_env())
+    # Everything is written and closed (result.json, events.jsonl, the log, `done`). Exit now,
+    # without interpreter shutdown: the stdin and heartbeat threads are daemons, and a daemon
+    # thread woken during shutdown can abort the process in native code ("terminate called
+    # without an active exception", seen once in ~40 test runs; pytorch/pytorch#38228), which
+    # would turn a finished job into exit code -6.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _fit_mesh(args) -> int:
@@ -405,28 +418,32 @@ class _CommandReporter:
         self.phase = ""
 
     def send(self, type: str, **fields) -> None:
+        with self.lock:
+            self._send(type, **fields)
+
+    def _send(self, type: str, **fields) -> None:
         import time
         message = protocol.make_message(type, **fields)
-        with self.lock:
-            self.last_sent = time.monotonic()
-            if type == "progress" and not fields.get("heartbeat"):
-                self.phase = fields.get("phase", self.phase)
-            if self.as_json:
-                if not self.done:
-                    print(protocol.encode_message(message), flush=True)
-                self.done = self.done or type == "done"
-            elif type != "done" and not fields.get("heartbeat"):
-                print(_describe(message) if type != "progress" or not message.get("total") else
-                      f"[{message['elapsed']:7.1f}s] {message.get('phase', '')} {message['step']}/{message['total']}",
-                      file=sys.stderr)
+        self.last_sent = time.monotonic()
+        if type == "progress" and not fields.get("heartbeat"):
+            self.phase = fields.get("phase", self.phase)
+        if self.as_json:
+            if not self.done:
+                print(protocol.encode_message(message), flush=True)
+            self.done = self.done or type == "done"
+        elif type != "done" and not fields.get("heartbeat"):
+            print(_describe(message) if type != "progress" or not message.get("total") else
+                  f"[{message['elapsed']:7.1f}s] {message.get('phase', '')} {message['step']}/{message['total']}",
+                  file=sys.stderr)
 
     def heartbeat(self, stop, started: float) -> None:
         """A progress message at least every second while one long call runs (as `run` does)."""
         import time
         while not stop.wait(0.25):
-            if time.monotonic() - self.last_sent >= 1.0:
-                self.send("progress", phase=self.phase, step=0, total=0, loss=None,
-                          elapsed=round(time.monotonic() - started, 3), eta=None, heartbeat=True)
+            with self.lock:    # checked and sent at once: never after a message sent meanwhile
+                if not stop.is_set() and time.monotonic() - self.last_sent >= 1.0:
+                    self._send("progress", phase=self.phase, step=0, total=0, loss=None,
+                               elapsed=round(time.monotonic() - started, 3), eta=None, heartbeat=True)
 
 
 def _run_command(args, task: str, body) -> int:

@@ -165,7 +165,7 @@ def test_sigkill_loses_at_most_the_work_since_the_last_checkpoint(tmp_path):
 
     resumed = start_backend(job_dir, "--resume")       # the stale backend.pid does not block it
     messages = read_messages(resumed)
-    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    assert resumed.wait(timeout=120) == 0, (messages[-3:], resumed.stderr.read())
     resumed.stdin.close()
     assert messages[0]["type"] == "started"
     # Lost at most the steps since the last checkpoint the killed run reported (it may have
