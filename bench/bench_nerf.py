@@ -36,8 +36,11 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def train_with_checkpoints(dataset: Path, user_config: dict, checkpoints: list[float], device, max_eval_views):
+def train_with_checkpoints(dataset: Path, user_config: dict, checkpoints: list[float], device, max_eval_views,
+                           final_lr_fraction: float | None = None):
     config = nerf.resolve_config(user_config)
+    if final_lr_fraction is not None:
+        config.train.final_lr_fraction = final_lr_fraction
     torch.manual_seed(config.seed)
     train, held, normalization = nerf.load_dataset(dataset, config, device, warn=lambda text: print("warning:", text))
     model = nerf.NerfModel(config).to(device)
@@ -131,6 +134,7 @@ def main() -> int:
     parser.add_argument("--profile-train", action="store_true", help="print a profile of 20 training steps")
     parser.add_argument("--max-steps", type=int, default=10 ** 6, help="stop at this step (A/B runs at equal steps)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--final-lr-fraction", type=float, default=None, help="override the LR decay's end point")
     parser.add_argument("--json", default=None)
     parser.add_argument("--out", default="/tmp/bench_nerf")
     args = parser.parse_args()
@@ -147,7 +151,7 @@ def main() -> int:
     model, held, normalization, rows, speed = train_with_checkpoints(
         dataset, {"preset": args.preset, "device": args.device, "max_steps": args.max_steps, "seed": args.seed, "seconds": args.checkpoints[-1],
                   "mixed_precision": args.mixed_precision, **box},
-        args.checkpoints, device, args.max_eval_views)
+        args.checkpoints, device, args.max_eval_views, args.final_lr_fraction)
     result["ngp"] = {"checkpoints": rows, **{k: round(v, 1) for k, v in speed.items()}}
     if args.profile_render:
         from torch.profiler import ProfilerActivity, profile

@@ -63,7 +63,7 @@ class NerfTrainConfig:
 class NerfRenderConfig:
     step_size: float = 2.0 * math.sqrt(3.0) / 1024   # 1024 steps across the unit box's diagonal
     early_stop: float = 1e-4             # stop a ray once its transmittance is below this
-    block_steps: int = 64                # inference marches this many steps at a time
+    block_steps: int = 128               # inference marches this many steps at a time (H200, lego 800x800: 94 ms vs 101 ms at 64)
     chunk_rays: int = 2 ** 20
     n_coarse: int = 64                   # reference model
     n_fine: int = 128
