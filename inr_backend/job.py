@@ -150,6 +150,7 @@ class JobContext:
         self._last_checkpoint = time.monotonic()
         self._last_loss: float | None = None
         self._checkpoint_path: Path | None = resume_state.path if resume_state is not None else None
+        self.checkpoint_time = 0.0          # seconds spent writing checkpoints (result.json timings.checkpoints)
 
     def input_path(self, name: str) -> Path:
         return protocol.resolve_inside(self.job_dir, self.job["inputs"][name])
@@ -252,6 +253,7 @@ class JobContext:
         self.checkpoint_step = state.step
         self._checkpoint_path = path
         self._last_checkpoint = time.monotonic()
+        self.checkpoint_time += self._last_checkpoint - clock
         log.info("checkpoint at step %d in %.3f s: %s", state.step, self._last_checkpoint - clock, path)
         return path
 
@@ -428,6 +430,8 @@ def _run_job(job_dir: Path, stream: TextIO, stdin: TextIO | None, *, install_sig
         if write_result:
             if ctx is not None and ctx.checkpoint_step is not None:
                 result["checkpoint_step"] = done_fields["checkpoint_step"] = ctx.checkpoint_step
+            if ctx is not None and ctx.checkpoint_time > 0:
+                result.setdefault("timings", {})["checkpoints"] = round(ctx.checkpoint_time, 3)
             result.setdefault("timings", {})["total"] = round(time.monotonic() - started, 3)
             try:
                 protocol.write_json_atomic(job_dir / protocol.RESULT_FILE, result)
