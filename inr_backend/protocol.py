@@ -18,7 +18,8 @@ A job folder::
 
 Messages: the backend's stdout carries only messages, one JSON object a line, each with a
 ``type``; ``done`` is always the last one. The add-on writes commands to the backend's
-stdin, one a line: ``cancel``. End of stdin also cancels: a backend never outlives Blender.
+stdin, one a line: ``cancel``. End of stdin also cancels (a backend never outlives Blender),
+except in a job run with ``--keep-running``, which only a ``cancel`` line or a signal stops.
 """
 
 from __future__ import annotations
