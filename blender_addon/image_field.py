@@ -712,7 +712,7 @@ class NEURALFIELDS_PT_image(bpy.types.Panel):
                     result = json.loads(state.last_result_json)
                 except ValueError:
                     result = None
-            grid = box.grid_flow(columns=2, even_columns=True)
+            grid = box.grid_flow(row_major=True, columns=2, even_columns=True)  # label, value per row
             for label, value in conversion.metrics_summary(result):
                 grid.label(text=label)
                 grid.label(text=value)

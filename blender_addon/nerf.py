@@ -862,7 +862,7 @@ class NEURALFIELDS_PT_nerf(bpy.types.Panel):
                 result = None
         rows = nerf_jobs.metrics_summary(result)
         if rows:
-            grid = layout.box().grid_flow(columns=2, even_columns=True)
+            grid = layout.box().grid_flow(row_major=True, columns=2, even_columns=True)  # label, value per row
             for label, value in rows:
                 grid.label(text=label)
                 grid.label(text=value)
