@@ -138,6 +138,7 @@ def write_atomically(target: Path, write) -> None:
     os.close(handle)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o644)   # mkstemp makes it owner-only
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
