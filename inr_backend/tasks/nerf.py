@@ -334,6 +334,11 @@ class NerfModel(torch.nn.Module):
             return fine
         if training:
             jitter = torch.rand(len(origins), device=origins.device, generator=generator)
+            if not origins.is_cuda:
+                # On the CPU nothing runs ahead of the host, so fixed slots gain nothing; march
+                # just the samples there are.
+                return render_rays_marched(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
+                                           step_size=render.step_size, jitter=jitter, block_steps=None)
             return render_rays_packed(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
                                       step_size=render.step_size, max_steps=self.max_ray_steps,
                                       capacity=self.config.train.samples_per_batch, jitter=jitter)
@@ -499,7 +504,8 @@ class NerfTrainer:
         if self.config.model == "ngp" and rays > 0:
             # 3% headroom: the sum over ~10^4 random rays varies by about 1%, and a ray that
             # does not fit is dropped.
-            wanted = int(0.97 * self.config.train.samples_per_batch * rays / max(samples, 1))
+            headroom = 0.97 if torch.device(self.device).type == "cuda" else 1.0   # packed slots only
+            wanted = int(headroom * self.config.train.samples_per_batch * rays / max(samples, 1))
             self.rays = int(min(max(wanted, 256), self.config.train.max_rays))
 
     def train_for(self, *, until_step: int, until_seconds: float | None = None,

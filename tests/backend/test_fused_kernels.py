@@ -113,3 +113,36 @@ def test_hash_grid_encoding_uses_the_kernel_and_falls_back_for_input_gradients()
     assert not hash_grid.fused_hash_grid_applies(x_grad, encoding.table)
     (grad,) = torch.autograd.grad(encoding(x_grad).sum(), x_grad)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_training_render_matches_the_dense_marcher(device):
+    """render_rays_packed (fixed slots, CUDA training) against render_rays_marched (CPU training)."""
+    from inr_backend.fields.radiance import NgpFieldConfig, NgpRadianceField
+    from inr_backend.render.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from inr_backend.render.rays import ray_box
+    from inr_backend.render.volume import render_rays_marched, render_rays_packed
+
+    torch.manual_seed(0)
+    field = NgpRadianceField(NgpFieldConfig()).to(device)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=16)).to(device)
+    grid.occupied.copy_(torch.rand(16 ** 3, device=device) < 0.3)
+    origins = torch.nn.functional.normalize(torch.randn(64, 3, device=device), dim=-1) * 3.0
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, device=device) * 0.3 - origins, dim=-1)
+    t_near, t_far = ray_box(origins, dirs, near=0.0)
+    jitter = torch.rand(64, device=device)
+    step = 2.0 * 3 ** 0.5 / 128
+    dense = render_rays_marched(field, grid.is_occupied, origins, dirs, t_near, t_far, step_size=step,
+                                jitter=jitter, block_steps=None)
+    packed = render_rays_packed(field, grid.is_occupied, origins, dirs, t_near, t_far, step_size=step,
+                                max_steps=129, capacity=10 ** 5, jitter=jitter)
+    assert packed["ray_valid"].all() and int(packed["n_samples"]) == dense["n_samples"] > 0
+    torch.testing.assert_close(packed["rgb"], dense["rgb"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(packed["opacity"], dense["opacity"], rtol=1e-4, atol=1e-5)
+
+    # Too few slots: whole rays are dropped, never cut short.
+    small = render_rays_packed(field, grid.is_occupied, origins, dirs, t_near, t_far, step_size=step,
+                               max_steps=129, capacity=dense["n_samples"] // 2, jitter=jitter)
+    kept = small["ray_valid"]
+    assert 0 < int(kept.sum()) < 64 and int(small["n_samples"]) <= dense["n_samples"] // 2
+    torch.testing.assert_close(small["opacity"][kept], dense["opacity"][kept], rtol=1e-4, atol=1e-5)
