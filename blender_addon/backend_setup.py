@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ._backend import protocol
+
 try:  # the installed add-on: the backend copy it shipped with
     from ._vendor.inr_backend import selftest as backend_selftest
 except ImportError:  # a source checkout: the installed package
@@ -654,7 +656,7 @@ class BackendSetup(_Task):
         result = self._selftest(python, STEP_CHECK)
         self._report(STEP_CHECK, 1.0, result.message)
         if result.ok:
-            _write_json_atomic(self.venv_dir / "neural_fields_setup.json",
+            protocol.write_json_atomic(self.venv_dir / "neural_fields_setup.json",
                                {"torch": config.torch_version, "build": build, "verdict": result.verdict})
             result.message = f"Set up in {self.venv_dir}. " + result.message
         return result
@@ -710,12 +712,6 @@ class BackendSetup(_Task):
             raise SetupError(pip_failure_message(what, code, lines, log_path=str(self._steps.log_path or ""),
                                                  python_version=self._python_version))
         self._report(step, 1.0, lines[-1][:200] if lines else "")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def status_from_json(text: str) -> dict | None:

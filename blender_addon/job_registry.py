@@ -385,16 +385,11 @@ def read_events_tail(path: str | os.PathLike, max_bytes: int = TAIL_BYTES) -> li
     is dropped when it was cut in the middle; lines that are not messages are skipped.
     """
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            start = max(0, size - max_bytes)
-            handle.seek(start)
-            data = handle.read(size - start)
+        data, cut = protocol.read_tail(path, max_bytes)
     except OSError:
         return []
     lines = data.split(b"\n")
-    if start > 0:
+    if cut:
         lines = lines[1:]   # (probably) a partial line
     messages = []
     for line in lines:

@@ -55,11 +55,7 @@ def default_python() -> str:
 def tail_lines(path: str | os.PathLike, count: int = TAIL_LINES, max_bytes: int = 64_000) -> list[str]:
     """The last ``count`` non-empty lines of a text file ([] when it is missing)."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
+        data, _ = protocol.read_tail(path, max_bytes)
     except OSError:
         return []
     lines = [line.rstrip() for line in data.decode("utf-8", errors="replace").splitlines()]

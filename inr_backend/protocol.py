@@ -160,6 +160,17 @@ def _finite(value: Any) -> Any:
 # --------------------------------------------------------------------------- files
 
 
+def read_tail(path: str | os.PathLike, max_bytes: int) -> tuple[bytes, bool]:
+    """The last ``max_bytes`` of a file and whether that cut the file short (one seek from the
+    end, so the cost does not grow with the file). Raises OSError like open()."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        start = max(0, size - max_bytes)
+        handle.seek(start)
+        return handle.read(size - start), start > 0
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
     path = Path(path)

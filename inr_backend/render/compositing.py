@@ -4,9 +4,10 @@ Samples along a ray i have optical thickness ``tau_i = sigma_i * delta_i``; then
 ``alpha_i = 1 - exp(-tau_i)``, transmittance ``T_i = exp(-sum_{j<i} tau_j)`` and weight
 ``w_i = T_i * alpha_i``. Colour, depth and opacity are weight-sums.
 
-Samples are laid out densely as (R, S) per ray with zero thickness where a sample is absent
-(skipped space adds nothing), so the prefix sums stay exact per ray; values are then
-accumulated from packed (M,) samples with their ray index.
+Prefix sums run either over a dense (R, S) layout with zero thickness where a sample is
+absent (``render_weights``; skipped space adds nothing) or over packed (M,) samples sorted
+by ray (``render_weights_packed``); values are accumulated from packed samples with their
+ray index.
 """
 
 from __future__ import annotations

@@ -306,6 +306,15 @@ def normalization_for_views(frames: list, scene_box: list | None, dataset_dir: P
 # --------------------------------------------------------------------------- model
 
 
+def trains_in_fixed_slots(device) -> bool:
+    """Whether the fast model trains on packed fixed sample slots (``render_rays_packed``).
+
+    On CUDA it lets the GPU run ahead of the host (no sync to learn the sample count); on the
+    CPU nothing runs ahead, so training marches just the samples there are.
+    """
+    return torch.device(device).type == "cuda"
+
+
 class NerfModel(torch.nn.Module):
     """The trained scene: radiance field(s) + occupancy grid, rendering rays in the unit box."""
 
@@ -334,9 +343,7 @@ class NerfModel(torch.nn.Module):
             return fine
         if training:
             jitter = torch.rand(len(origins), device=origins.device, generator=generator)
-            if not origins.is_cuda:
-                # On the CPU nothing runs ahead of the host, so fixed slots gain nothing; march
-                # just the samples there are.
+            if not trains_in_fixed_slots(origins.device):
                 return render_rays_marched(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
                                            step_size=render.step_size, jitter=jitter, block_steps=None)
             return render_rays_packed(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
@@ -480,17 +487,18 @@ class NerfTrainer:
             # Packed marching drops the rays whose samples did not fit the batch: train on the rest.
             valid = out["ray_valid"].to(prediction.dtype)
             loss = (((prediction - target) ** 2).mean(1) * valid).sum() / valid.sum().clamp(min=1.0)
-            self._pending_samples = self._pending_samples + out["n_samples"]
-            self._pending_rays = self._pending_rays + out["ray_valid"].sum()
+            trained_rays = out["ray_valid"].sum()
         else:
             loss = torch.mean((prediction - target) ** 2)
-            self._pending_samples = self._pending_samples + out["n_samples"]
-            self._pending_rays = self._pending_rays + len(origins)
+            trained_rays = len(origins)
+        self._pending_samples = self._pending_samples + out["n_samples"]
+        self._pending_rays = self._pending_rays + trained_rays
         if "coarse_rgb" in out:
             loss = loss + torch.mean((composite_background(out["coarse_rgb"], out["coarse_opacity"], bg) - target) ** 2)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if loss.requires_grad:    # no samples at all (the plain marcher, an empty grid): nothing to learn
+            loss.backward()
+            self.optimizer.step()
         self.step += 1
         self._loss_tensor = loss.detach()
 
@@ -502,9 +510,9 @@ class NerfTrainer:
         self.samples_seen += samples
         self.rays_seen += rays
         if self.config.model == "ngp" and rays > 0:
-            # 3% headroom: the sum over ~10^4 random rays varies by about 1%, and a ray that
-            # does not fit is dropped.
-            headroom = 0.97 if torch.device(self.device).type == "cuda" else 1.0   # packed slots only
+            # Fixed slots get 3% headroom: the sum over ~10^4 random rays varies by about 1%,
+            # and a ray that does not fit is dropped.
+            headroom = 0.97 if trains_in_fixed_slots(self.device) else 1.0
             wanted = int(headroom * self.config.train.samples_per_batch * rays / max(samples, 1))
             self.rays = int(min(max(wanted, 256), self.config.train.max_rays))
 
