@@ -21,22 +21,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from .fields.networks import Field, field_config_from_dict
-from .protocol import ProtocolError, check_safetensors, read_json, write_json_atomic
+from .protocol import ProtocolError, check_safetensors, name_failed_file, read_json, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, atomic: bool = True) -> Path:
+    """Write ``tensors`` as a safetensors file; ``atomic``: through a temporary file and a rename.
+
+    The bytes are made in memory and written by Python (not by safetensors' save_file, whose
+    error on a full disk is a SafetensorError without an errno), so a full disk is an OSError
+    that names the file; a failed write leaves no temporary file behind and the old file intact.
+    """
+    path = Path(path)
+    payload = safetensors_bytes({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()})
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if atomic else path
+    try:
+        with open(target, "wb") as handle:
+            handle.write(payload)
+            if atomic:   # the rename must not land before the data (a state folder syncs its files itself)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if atomic:
+            os.replace(target, path)
+    except BaseException as exc:
+        if atomic and target.exists():
+            target.unlink()
+        name_failed_file(exc, path)
+        raise
+    return path
+
+
 def save_field(checkpoint_dir: str | os.PathLike, model: Field, field_config, *, extra: dict) -> Path:
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, directory / WEIGHTS_FILE)
+    write_safetensors(directory / WEIGHTS_FILE, model.state_dict())
     write_json_atomic(directory / META_FILE, {"field": field_config.to_dict(), "channels": model.channels, **extra})
     return directory / WEIGHTS_FILE
 
@@ -59,9 +83,7 @@ def save_tensors(checkpoint_dir: str | os.PathLike, tensors: dict[str, torch.Ten
     """Any named tensors (a state_dict) + a JSON description, atomically, JSON last."""
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}, str(tmp))
-    os.replace(tmp, directory / WEIGHTS_FILE)
+    write_safetensors(directory / WEIGHTS_FILE, tensors)
     write_json_atomic(directory / META_FILE, meta)
     return directory / WEIGHTS_FILE
 
@@ -225,8 +247,9 @@ def save_training_state(checkpoint_dir: str | os.PathLike, state: TrainingState,
         final = states / name
     tmp = Path(tempfile.mkdtemp(dir=states, prefix=f".{name}.", suffix=".tmp"))
     try:
-        save_file({n: t.detach().contiguous().cpu() for n, t in state.weights.items()}, str(tmp / STATE_WEIGHTS_FILE))
-        save_file({n: t.detach().contiguous().cpu() for n, t in state.tensors.items()}, str(tmp / STATE_TRAINER_FILE))
+        # Not atomic one by one: the whole folder is renamed into place when complete.
+        write_safetensors(tmp / STATE_WEIGHTS_FILE, state.weights, atomic=False)
+        write_safetensors(tmp / STATE_TRAINER_FILE, state.tensors, atomic=False)
         meta = {"schema_version": STATE_SCHEMA, "task": state.task, "step": state.step,
                 "total_steps": state.total_steps, "training_seconds": state.training_seconds,
                 "written": time.time(), "fingerprint": fingerprint, "model": model_meta or {}, **state.meta}
@@ -237,10 +260,15 @@ def save_training_state(checkpoint_dir: str | os.PathLike, state: TrainingState,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    write_json_atomic(root / RESUME_POINTER, {"schema_version": STATE_SCHEMA, "task": state.task, "step": state.step,
-                                              "total_steps": state.total_steps,
-                                              "training_seconds": state.training_seconds,
-                                              "path": f"{RESUME_DIR}/{name}", "written": meta["written"]})
+    try:
+        write_json_atomic(root / RESUME_POINTER, {"schema_version": STATE_SCHEMA, "task": state.task,
+                                                  "step": state.step, "total_steps": state.total_steps,
+                                                  "training_seconds": state.training_seconds,
+                                                  "path": f"{RESUME_DIR}/{name}", "written": meta["written"]})
+    except BaseException:
+        # The pointer still names the previous state, which stays; this one would only fill the disk.
+        shutil.rmtree(final, ignore_errors=True)
+        raise
     for old in states.iterdir():      # older states and temporary folders of interrupted writes
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

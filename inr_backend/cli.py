@@ -268,8 +268,13 @@ def _resample(args) -> int:
         import torch
         from .tasks.image import resample
         device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-        info = resample(args.job_dir, args.out, scale=args.scale, width=width, height=height, device=device)
+        info = resample(args.job_dir, args.out, scale=args.scale, width=width, height=height, device=device,
+                        warn=lambda text: print(protocol.encode_message(protocol.make_message("warning", message=text))
+                                                if args.json else f"warning: {text}",
+                                                file=sys.stdout if args.json else sys.stderr, flush=True))
     except (ValueError, OSError) as exc:  # ProtocolError is a ValueError
+        if isinstance(exc, OSError) and protocol.is_disk_full(exc):
+            exc = ValueError(protocol.disk_full_message(exc))
         if args.json:
             print(protocol.encode_message(protocol.make_message("error", message=str(exc))))
             print(protocol.encode_message(protocol.make_message("done", status="failed")))
@@ -512,11 +517,13 @@ def _extract(args) -> int:
         if task == "nerf":
             from .tasks.nerf import extract_to_file
             info = extract_to_file(job_dir, Path(args.out), resolution=args.resolution or 256,
-                                   threshold=args.threshold, smoothing=args.smoothing, device=device)
+                                   threshold=args.threshold, smoothing=args.smoothing, device=device,
+                                   warn=lambda text: reporter.send("warning", message=text))
         else:
             from .tasks.reextract import extract_job_mesh
             info = extract_job_mesh(job_dir, Path(args.out), resolution=args.resolution, threshold=args.threshold,
-                                    smoothing=args.smoothing, device=device)
+                                    smoothing=args.smoothing, device=device,
+                                    warn=lambda text: reporter.send("warning", message=text))
             if not info["finished"]:
                 reporter.send("warning", message=f"the job's training has not finished: this mesh comes from its "
                                                  f"checkpoint at step {info['from_step']} (finish it with "

@@ -451,9 +451,11 @@ def _atomic_write(path: Path, write) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)   # a failed write names no file: say which (a full disk)
         raise
     return path
 

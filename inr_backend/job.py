@@ -40,7 +40,12 @@ class Reporter:
 
     def __init__(self, job_dir: Path, stream: TextIO):
         self.stream: TextIO | None = stream
-        self.events = open(job_dir / protocol.EVENTS_FILE, "a", encoding="utf-8")
+        self.events: TextIO | None = None
+        self.events_path = job_dir / protocol.EVENTS_FILE
+        try:
+            self.events = open(self.events_path, "a", encoding="utf-8")
+        except OSError as exc:
+            self._lose_events(exc)
         self.lock = threading.Lock()
         self.last_sent = time.monotonic()
         self.done_sent = False
@@ -59,8 +64,23 @@ class Reporter:
                     self.stream.flush()
                 except (OSError, ValueError):   # BrokenPipeError, a closed stream: the parent is gone
                     self._lose_stdout()
-            self.events.write(line + "\n")
-            self.events.flush()
+            if self.events is not None:
+                try:
+                    self.events.write(line + "\n")
+                    self.events.flush()
+                except (OSError, ValueError) as exc:   # a full disk: stdout still carries every message
+                    self._lose_events(exc)
+
+    def _lose_events(self, exc: BaseException) -> None:
+        """Stop appending to events.jsonl (the disk is full or the file cannot be written): a line
+        cut short there is skipped by readers, and stdout still carries the messages."""
+        log.warning("events.jsonl cannot be written any more (%s); messages go on stdout only", exc)
+        events, self.events = self.events, None
+        if events is not None:
+            try:
+                events.close()
+            except (OSError, ValueError):
+                pass
 
     def _lose_stdout(self) -> None:
         """Stop writing to a stdout nobody reads; events.jsonl still records the story.
@@ -80,7 +100,11 @@ class Reporter:
                 pass
 
     def close(self) -> None:
-        self.events.close()
+        if self.events is not None:
+            try:
+                self.events.close()
+            except (OSError, ValueError):   # the last flush on a full disk
+                pass
 
 
 class CancelToken:
@@ -151,6 +175,8 @@ class JobContext:
         self._last_loss: float | None = None
         self._checkpoint_path: Path | None = resume_state.path if resume_state is not None else None
         self.checkpoint_time = 0.0          # seconds spent writing checkpoints (result.json timings.checkpoints)
+        # result.json's "batch_lowered" / "chunk_lowered" after a GPU out-of-memory (memory.AdaptiveSize)
+        self.memory_records: dict[str, dict] = {}
 
     def input_path(self, name: str) -> Path:
         return protocol.resolve_inside(self.job_dir, self.job["inputs"][name])
@@ -159,6 +185,17 @@ class JobContext:
         path = self.job_dir / protocol.OUTPUTS_DIR / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def adaptive_size(self, size: int, *, what: str, unit: str = "", training: bool = True):
+        """A memory.AdaptiveSize that reports through this job (a warning, and result.json)."""
+        from .memory import AdaptiveSize
+        return AdaptiveSize(size, what=what, unit=unit, training=training, report=self.memory_lowered,
+                            device=self.device)
+
+    def memory_lowered(self, message: str, size) -> None:
+        """A batch (training) or chunk (inference) was lowered after a GPU out-of-memory."""
+        self.memory_records["batch_lowered" if size.training else "chunk_lowered"] = size.record()
+        self.reporter.send("warning", message=message)
 
     def write_normalization(self, normalization: dict) -> None:
         protocol.write_json_atomic(self.job_dir / protocol.NORMALIZATION_FILE, normalization)
@@ -232,8 +269,11 @@ class JobContext:
         return (self._snapshot is not None and self.checkpoint_seconds > 0
                 and now - self._last_checkpoint >= self.checkpoint_seconds)
 
-    def write_checkpoint(self) -> Path | None:
-        """Write the tracked trainer's state now (atomically); a failure is a warning, not the end."""
+    def write_checkpoint(self, *, disk_full_fails: bool = True) -> Path | None:
+        """Write the tracked trainer's state now (atomically); a failure is a warning, not the end,
+        except a full disk (with ``disk_full_fails``): the job then fails at once with a clear
+        message, its earlier checkpoint intact, instead of training on towards outputs it cannot
+        write. A resume continues from that checkpoint once there is room."""
         if self._snapshot is None:
             return None
         from .checkpoint import save_training_state
@@ -246,6 +286,8 @@ class JobContext:
                 path = save_training_state(self.checkpoint_dir, state, fingerprint=training_fingerprint(self.config),
                                            model_meta=self._model_meta)
         except OSError as exc:
+            if disk_full_fails and protocol.is_disk_full(exc):
+                raise
             self.reporter.send("warning", message=f"could not write a checkpoint ({exc}); training goes on, "
                                                   "but a resume would start from an older one. Free disk space?")
             self._last_checkpoint = time.monotonic()
@@ -296,8 +338,19 @@ def versions() -> dict[str, str]:
             "torch": torch.__version__, "numpy": numpy.__version__, "scikit-image": skimage.__version__}
 
 
+class _LogFileHandler(logging.FileHandler):
+    """backend.log; on a full disk records are dropped quietly (logging's default prints a
+    traceback to stderr for every record), and the job goes on to report on stdout."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def _setup_logging(job_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(job_dir / protocol.LOG_FILE, encoding="utf-8")
+    try:
+        handler: logging.Handler = _LogFileHandler(job_dir / protocol.LOG_FILE, encoding="utf-8")
+    except OSError:
+        handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -350,7 +403,12 @@ def run_job(job_dir: str | Path, *, stdout: TextIO | None = None, stdin: TextIO 
             stream, f"another backend (process {other['pid']}) is already running the job in {job_dir}: wait for it "
                     f"to finish, or cancel it (Esc in Blender, or `kill {other['pid']}`) before running it again")
         return 1
-    write_pid_file(job_dir, keep_running=keep_running, resume=resume)
+    try:
+        write_pid_file(job_dir, keep_running=keep_running, resume=resume)
+    except OSError as exc:
+        # Nothing of the job was touched yet; there is no room for events.jsonl or result.json either.
+        _report_without_job_folder(stream, _user_message(exc, folder=job_dir))
+        return 1
     try:
         return _run_job(job_dir, stream, stdin, install_signal_handlers=install_signal_handlers, resume=resume,
                         keep_running=keep_running)
@@ -415,12 +473,12 @@ def _run_job(job_dir: Path, stream: TextIO, stdin: TextIO | None, *, install_sig
         result["status"] = "done"
     except Cancelled as exc:
         if ctx is not None:
-            ctx.write_checkpoint()      # the last completed step, so `run --resume` loses nothing
+            ctx.write_checkpoint(disk_full_fails=False)   # the last completed step, so `run --resume` loses nothing
         result["status"] = "cancelled"
         result["message"] = str(exc)
         log.info("cancelled: %s", exc)
     except Exception as exc:  # every failure becomes a message a person can act on
-        message = _user_message(exc)
+        message = _user_message(exc, folder=job_dir)
         log.exception("job failed: %s", message)
         result["error"] = message
         reporter.send("error", message=message)
@@ -428,6 +486,8 @@ def _run_job(job_dir: Path, stream: TextIO, stdin: TextIO | None, *, install_sig
         stop_heartbeat.set()
         done_fields: dict[str, Any] = {}
         if write_result:
+            if ctx is not None:
+                result.update(ctx.memory_records)
             if ctx is not None and ctx.checkpoint_step is not None:
                 result["checkpoint_step"] = done_fields["checkpoint_step"] = ctx.checkpoint_step
             if ctx is not None and ctx.checkpoint_time > 0:
@@ -436,7 +496,8 @@ def _run_job(job_dir: Path, stream: TextIO, stdin: TextIO | None, *, install_sig
             try:
                 protocol.write_json_atomic(job_dir / protocol.RESULT_FILE, result)
             except OSError as exc:  # a full disk must still end with `done`
-                reporter.send("error", message=f"could not write result.json: {exc}")
+                log.error("could not write result.json: %s", exc)
+                reporter.send("error", message=f"could not write result.json: {_user_message(exc, folder=job_dir)}")
                 result["status"] = "failed"
         reporter.send("done", status=result["status"], result=protocol.RESULT_FILE, **done_fields)
         reporter.close()
@@ -606,8 +667,13 @@ def _device_name(device) -> str:
     return "cpu"
 
 
-def _user_message(exc: Exception) -> str:
-    """The text of an error for a person: expected errors as they are, the rest with a pointer."""
+def _user_message(exc: Exception, *, folder: str | Path | None = None) -> str:
+    """The text of an error for a person: expected errors as they are, the rest with a pointer.
+
+    folder: the job folder, named when a full disk is the cause (the file that failed is
+    named when known)."""
+    if isinstance(exc, OSError) and protocol.is_disk_full(exc):
+        return protocol.disk_full_message(exc, folder)
     # PlyError and MeshError are ValueErrors, so no import is needed here: this runs when
     # an import (numpy, torch) has just failed and must not fail the same way.
     if isinstance(exc, ModuleNotFoundError):

@@ -62,9 +62,11 @@ def write_ply(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
             handle.write(vertex_block.tobytes())
             handle.write(face_block.tobytes())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)   # a failed write names no file: say which (a full disk)
         raise
 
 

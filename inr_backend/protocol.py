@@ -24,6 +24,7 @@ except in a job run with ``--keep-running``, which only a ``cancel`` line or a s
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -172,7 +173,10 @@ def read_tail(path: str | os.PathLike, max_bytes: int) -> tuple[bytes, bool]:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    """Write JSON so that a reader sees the old file or the new one, never half of one.
+
+    On a failure (a full disk) the temporary file is removed, the old file is left as it was,
+    and the OSError names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -181,10 +185,47 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
             json.dump(_finite(data), handle, indent=2, allow_nan=False)
             handle.write("\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        name_failed_file(exc, path)
         raise
+
+
+# errno values of "no room": ENOSPC (disk full), EDQUOT (quota), and EFBIG (a file-size limit:
+# ulimit -f / RLIMIT_FSIZE, or a FAT32 disk's 4 GB). All mean the same to a person: make room.
+DISK_FULL_ERRNOS = tuple(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a write that failed for lack of room."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def name_failed_file(exc: BaseException, path: str | os.PathLike) -> None:
+    """Give an OSError raised by a write (which names no file) the file it was writing."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
+
+
+def disk_full_message(exc: BaseException, folder: str | os.PathLike | None = None) -> str:
+    """What to tell a person whose disk filled up while a job (or command) wrote ``folder``."""
+    while not (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS) and (exc.__cause__ or exc.__context__):
+        exc = exc.__cause__ or exc.__context__
+    filename = getattr(exc, "filename", None)
+    where = folder if folder is not None else (os.path.dirname(filename) if filename else None)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    what = f" writing {filename}" if filename else ""
+    place = f" in {where}" if where is not None else ""
+    return (f"the disk is full or the file is too large ({reason}{what}): the job could not write its files"
+            f"{place}. Free some space on that disk, or choose another jobs folder in the add-on preferences "
+            "(Edit > Preferences > Add-ons > Neural Fields), then run it again or Resume it. The job's earlier "
+            "outputs and checkpoints are left as they were")
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import imageio
+from .. import imageio, memory
 from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, META_FILE, WEIGHTS_FILE, TrainingState,
                           capture_training_state, checkpoint_seconds_option, restore_training_state, save_field)
 from ..image_metrics import psnr, ssim  # noqa: F401  (callers use image.psnr / image.ssim too)
@@ -262,7 +262,7 @@ def field_values(model: Field, points: torch.Tensor) -> torch.Tensor:
 def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *, seed: int,
                 on_step=None, check_cancel=None, cuda_graph: bool | None = None,
                 time_marks: tuple[float, ...] = (), on_time_mark=None,
-                resume: TrainingState | None = None, track=None) -> dict:
+                resume: TrainingState | None = None, track=None, batch: memory.AdaptiveSize | None = None) -> dict:
     """Fit ``model`` to ``pixels`` (H, W, C) on the model's device by MSE; returns stats.
 
     Stops after config.steps steps or config.seconds of training, whichever comes first.
@@ -280,14 +280,19 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
     resume: a checkpoint.TrainingState of this training: weights, Adam's moments, the step and
     the training time so far (so the learning-rate schedule and the seconds budget go on where
     they were), and the batch generator are restored. track(snapshot): as in sdf.train_sdf.
+
+    batch: the pixels per step as a memory.AdaptiveSize (default config.batch_size), halved on
+    a GPU out-of-memory as in sdf.train_sdf (an image that fitted whole is then sampled).
     """
     device = pixels.device
     height, width, channels = pixels.shape
     n_pixels = height * width
     extent = image_extent(height, width)
     targets = pixels.reshape(n_pixels, channels)
-    full_batch = n_pixels <= config.batch_size
-    batch = n_pixels if full_batch else config.batch_size
+    batch = batch if batch is not None else memory.AdaptiveSize(config.batch_size, device=device)
+    if n_pixels < batch.original:
+        # The whole image is the batch: it is what a lowering starts from.
+        batch = memory.AdaptiveSize(n_pixels, what=batch.what, report=batch.report, device=batch.device)
     on_cuda = device.type == "cuda"
     graphed = (config.cuda_graph if cuda_graph is None else cuda_graph) and on_cuda
     timed = config.seconds is not None or bool(time_marks)
@@ -299,14 +304,21 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.99),
                                  eps=1e-15 if is_hashgrid else 1e-8, capturable=on_cuda)
 
-    # Batches live in fixed buffers refilled before each step (a CUDA graph reads fixed addresses).
-    index = torch.arange(batch, device=device) if full_batch else torch.empty(batch, dtype=torch.long, device=device)
+    # Batches live in fixed buffers refilled before each step (a CUDA graph reads fixed addresses);
+    # they are made again at a lowered batch size.
+    buffers: dict[str, torch.Tensor] = {}
+
+    def allocate(size: int) -> None:
+        buffers["index"] = (torch.arange(size, device=device) if size >= n_pixels
+                            else torch.empty(size, dtype=torch.long, device=device))
 
     def draw_batch() -> None:
-        if not full_batch:
-            torch.randint(n_pixels, (batch,), device=device, generator=generator, out=index)
+        index = buffers["index"]
+        if len(index) < n_pixels:
+            torch.randint(n_pixels, (len(index),), device=device, generator=generator, out=index)
 
     def step() -> torch.Tensor:
+        index = buffers["index"]
         optimizer.zero_grad(set_to_none=True)
         points = pixel_coordinates(index // width, index % width, height, width, extent)
         loss = F.mse_loss(field_values(model, points), targets[index])
@@ -324,12 +336,15 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
         restore_training_state(resume, model=model, optimizer=optimizer, generators={"batches": generator})
         training_time, step_number = resume.training_seconds, resume.step
         loss = torch.tensor(resume.meta.get("trainer", {}).get("loss", math.nan))
+        batch.restore(resume.meta.get("trainer", {}).get("batch_lowered"))
     if track is not None:
         track(lambda: capture_training_state(
             task="image", step=step_number, total_steps=config.steps, training_seconds=training_time,
             model=model, optimizer=optimizer, generators={"batches": generator},
-            trainer={"loss": float(loss.detach())}))
+            trainer={"loss": float(loss.detach()), "batch_lowered": batch.record() if batch.lowered else None}))
+    allocate(batch.size)
     first_step = step_number + 1
+    warm_from = first_step               # graphs: eager warm-up steps from here (again after a lowering)
     last = time.perf_counter()
     total = config.steps
     while step_number < config.steps:
@@ -348,16 +363,30 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
             else:
                 group["lr"] = rate
         draw_batch()
-        if graphed and step_number - first_step < warmup:
-            side_stream.wait_stream(torch.cuda.current_stream(device))   # capture wants warm-up on a side stream
-            with torch.cuda.stream(side_stream):
-                loss = step()
-            torch.cuda.current_stream(device).wait_stream(side_stream)
-        elif graphed and run_step is step:
-            run_step = _capture_step(step)
-            loss = run_step()
-        else:
-            loss = run_step()
+        try:
+            memory.inject("train_step")
+            if graphed and step_number - warm_from < warmup:
+                side_stream.wait_stream(torch.cuda.current_stream(device))   # capture wants warm-up on a side stream
+                with torch.cuda.stream(side_stream):
+                    loss = step()
+                torch.cuda.current_stream(device).wait_stream(side_stream)
+            elif graphed and run_step is step:
+                run_step = _capture_step(step)
+                loss = run_step()
+            else:
+                loss = run_step()
+        except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
+            if not memory.caused_by_oom(exc):
+                raise
+            # Drop the step (a captured graph and the buffer have the old size), halve, retry it.
+            run_step = step
+            buffers.clear()
+            optimizer.zero_grad(set_to_none=True)
+            batch.lower(exc, step=step_number)
+            allocate(batch.size)
+            warm_from = step_number
+            step_number -= 1
+            continue
         if timed and on_cuda:
             torch.cuda.synchronize(device)
         now = time.perf_counter()
@@ -373,7 +402,7 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
         last = time.perf_counter()       # time in the callbacks is not training time
     if on_cuda:
         torch.cuda.synchronize(device)
-    return {"steps": step_number, "loss": float(loss.detach()), "seconds": training_time, "batch_size": batch}
+    return {"steps": step_number, "loss": float(loss.detach()), "seconds": training_time, "batch_size": batch.size}
 
 
 _CUDA_GRAPH_WARMUP_STEPS = 3
@@ -381,6 +410,7 @@ _CUDA_GRAPH_WARMUP_STEPS = 3
 
 def _capture_step(step):
     """Record ``step`` as a CUDA graph; returns a function that replays it and gives its loss."""
+    torch.cuda.empty_cache()    # the warm-up's cached blocks can then serve the graph's pool (tight memory)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss = step()
@@ -409,6 +439,27 @@ def render_field(model: Field, height: int, width: int, extent: tuple[float, flo
         points = pixel_coordinates(r.reshape(-1), c.reshape(-1), height, width, extent)
         rows_out.append(field_values(model, points).reshape(len(rows), width, -1))
     return torch.cat(rows_out, dim=0)
+
+
+def render_field_adaptive(model: Field, height: int, width: int, extent: tuple[float, float], *,
+                          chunk: memory.AdaptiveSize, phase: str) -> torch.Tensor:
+    """render_field with a chunk that halves on a GPU out-of-memory (``chunk``: memory.AdaptiveSize)."""
+    return memory.retry_chunked(
+        lambda size: render_field(_Injecting(model), height, width, extent, chunk=size), chunk, phase=phase)
+
+
+class _Injecting:
+    """A model whose calls pass memory.inject("render_chunk") first (the OOM test hook), nothing else."""
+
+    def __init__(self, model: Field):
+        self.model = model
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, points):
+        memory.inject("render_chunk")
+        return self.model(points)
 
 
 def data_range_of(target: torch.Tensor, info: dict) -> float:
@@ -496,7 +547,8 @@ def run_image_job(ctx) -> dict:
                   "coordinates": {"extent": list(extent), "convention": COORDINATES}}
     stats = train_image(model, pixels, train_config, seed=config.seed,
                         on_step=ctx.training_step, check_cancel=ctx.check_cancel, resume=ctx.resume_state,
-                        track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta))
+                        track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta),
+                        batch=ctx.adaptive_size(train_config.batch_size, what="batch"))
     ctx.sync()
     timings["training"] = time.perf_counter() - clock
     ctx.finish_training()
@@ -508,14 +560,15 @@ def run_image_job(ctx) -> dict:
     clock = time.perf_counter()
     model.eval()
     suffix, _bits = output_kind(info)
-    output = render_field(model, out_height, out_width, extent, chunk=config.output.chunk)
+    chunk = ctx.adaptive_size(config.output.chunk, what="chunk", unit="pixels", training=False)
+    output = render_field_adaptive(model, out_height, out_width, extent, chunk=chunk, phase="sampling the field")
     out_path = write_output(ctx.output_path("image" + suffix), output.cpu().numpy(), info)
     del output
     timings["sampling"] = time.perf_counter() - clock
 
     ctx.phase("measuring")
     clock = time.perf_counter()
-    fitted = render_field(model, height, width, extent, chunk=config.output.chunk)
+    fitted = render_field_adaptive(model, height, width, extent, chunk=chunk, phase="measuring")
     if suffix == ".png":
         fitted = fitted.clamp(0.0, 1.0)   # what the PNG holds
     data_range = data_range_of(pixels, info)
@@ -553,11 +606,12 @@ def load_image_field(checkpoint_dir: str | Path, *, device="cpu") -> tuple[Field
 
 
 def resample(job_or_checkpoint: str | Path, out_path: str | Path, *, scale: float | None = None,
-             width: int | None = None, height: int | None = None, device="cpu", chunk: int = 2 ** 18) -> dict:
+             width: int | None = None, height: int | None = None, device="cpu", chunk: int = 2 ** 18,
+             warn=None) -> dict:
     """Sample a trained image field at a new size into ``out_path`` (.png or .exr), no retraining.
 
     ``job_or_checkpoint``: a job folder (its checkpoints/field/ is used) or the checkpoint folder.
-    Returns {"path", "width", "height", "seconds"}.
+    Returns {"path", "width", "height", "seconds"}. warn(text): where a lowered chunk is reported.
     """
     started = time.perf_counter()
     folder = Path(job_or_checkpoint)
@@ -578,7 +632,9 @@ def resample(job_or_checkpoint: str | Path, out_path: str | Path, *, scale: floa
         raise ValueError(f"scale must be in (0, 64], got {scale}")
     out_height, out_width = output_size(image["height"], image["width"], out)
     extent = tuple(meta["coordinates"]["extent"])
-    pixels = render_field(model, out_height, out_width, extent, chunk=chunk)
+    adaptive = memory.AdaptiveSize(chunk, what="chunk", unit="pixels", training=False, device=device,
+                                   report=None if warn is None else (lambda message, _size: warn(message)))
+    pixels = render_field_adaptive(model, out_height, out_width, extent, chunk=adaptive, phase="resampling")
     write_output(out_path, pixels.cpu().numpy(), image)
     return {"path": str(out_path), "width": out_width, "height": out_height,
             "seconds": round(time.perf_counter() - started, 3)}

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import coverage, datasets, protocol
+from .. import coverage, datasets, memory, protocol
 from ..fields.radiance import (NgpFieldConfig, ReferenceNerfConfig, make_radiance_field,
                                radiance_config_from_dict)
 from ..image_metrics import psnr, ssim
@@ -331,8 +331,10 @@ class NerfModel(torch.nn.Module):
         """Steps that cover the longest chord of the unit box, its diagonal 2 sqrt(3)."""
         return int(math.ceil(2.0 * math.sqrt(3.0) / self.config.render.step_size)) + 1
 
-    def render(self, origins, dirs, *, training: bool, generator=None, normals: bool = False) -> dict:
-        """Rays (R, 3) -> rendered dict (rgb premultiplied, opacity, depth as ray distance)."""
+    def render(self, origins, dirs, *, training: bool, generator=None, normals: bool = False,
+               capacity: int | None = None) -> dict:
+        """Rays (R, 3) -> rendered dict (rgb premultiplied, opacity, depth as ray distance).
+        capacity: the sample slots of a packed training batch (default: config's samples_per_batch)."""
         t_near, t_far = ray_box(origins, dirs, near=0.0)
         render = self.config.render
         if self.config.model == "reference":
@@ -348,7 +350,7 @@ class NerfModel(torch.nn.Module):
                                            step_size=render.step_size, jitter=jitter, block_steps=None)
             return render_rays_packed(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
                                       step_size=render.step_size, max_steps=self.max_ray_steps,
-                                      capacity=self.config.train.samples_per_batch, jitter=jitter)
+                                      capacity=capacity or self.config.train.samples_per_batch, jitter=jitter)
         return render_rays_marched(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
                                    step_size=render.step_size, block_steps=render.block_steps,
                                    early_stop=render.early_stop, normals=normals)
@@ -362,17 +364,38 @@ class NerfModel(torch.nn.Module):
                              generator=generator)
 
 
-@torch.no_grad()
+def render_chunk(model: NerfModel, report=None) -> memory.AdaptiveSize:
+    """The model's rays per render chunk, halved on a GPU out-of-memory and kept lowered for the
+    views after (``report(message, size)``: where a lowering is told, set by the first caller)."""
+    chunk = getattr(model, "_render_chunk", None)
+    if chunk is None:
+        chunk = model._render_chunk = memory.AdaptiveSize(model.config.render.chunk_rays, what="render chunk",
+                                                          unit="rays", training=False)
+    if report is not None:
+        chunk.report = report
+    return chunk
+
+
 def render_view(model: NerfModel, c2w: torch.Tensor, intrinsics: torch.Tensor, width: int, height: int, *,
                 background=(1.0, 1.0, 1.0), normals: bool = False) -> dict[str, torch.Tensor]:
     """One camera -> rgb (H, W, 3) over ``background``, opacity (H, W), z-depth (H, W) in unit-box
-    units (0 where nothing is hit), and normal (H, W, 3) world-space unit normals when asked."""
+    units (0 where nothing is hit), and normal (H, W, 3) world-space unit normals when asked.
+    On a GPU out-of-memory the view is rendered again in chunks of half as many rays."""
+    return memory.retry_chunked(
+        lambda chunk: _render_view(model, c2w, intrinsics, width, height, background=background, normals=normals,
+                                   chunk=chunk),
+        render_chunk(model), phase="rendering")
+
+
+@torch.no_grad()
+def _render_view(model: NerfModel, c2w: torch.Tensor, intrinsics: torch.Tensor, width: int, height: int, *,
+                 background, normals: bool, chunk: int) -> dict[str, torch.Tensor]:
     origins, dirs, z_per_t = image_rays(c2w, intrinsics, width, height)
-    chunk = model.config.render.chunk_rays
     parts: dict[str, list] = {"rgb": [], "opacity": [], "depth": [], "normal": []}
     bg = torch.as_tensor(background, dtype=torch.float32, device=origins.device)
     for start in range(0, len(origins), chunk):
         part = slice(start, start + chunk)
+        memory.inject("render_chunk")
         out = model.render(origins[part], dirs[part], training=False, normals=normals)
         parts["rgb"].append(composite_background(out["rgb"], out["opacity"], bg).clamp(0, 1))
         parts["opacity"].append(out["opacity"])
@@ -413,7 +436,7 @@ def make_optimizer(model: NerfModel, config: NerfConfig) -> torch.optim.Optimize
 class NerfTrainer:
     """Trains a NerfModel on Views step by step; ``train_for`` runs until a step or time limit."""
 
-    def __init__(self, model: NerfModel, views: Views, config: NerfConfig, *, device):
+    def __init__(self, model: NerfModel, views: Views, config: NerfConfig, *, device, report=None):
         self.model, self.views, self.config, self.device = model, views, config, device
         self.optimizer = make_optimizer(model, config)
         if torch.device(device).type == "cuda":
@@ -423,6 +446,12 @@ class NerfTrainer:
         self.generator.manual_seed(config.seed)
         self.step = 0
         self.rays = config.train.initial_rays if config.model == "ngp" else config.train.rays_per_batch
+        # What a GPU out-of-memory halves (memory.AdaptiveSize; report(message, size) tells the job):
+        # the sample slots of the fast model (its rays follow), the rays of the reference model.
+        ngp = config.model == "ngp"
+        self.batch = memory.AdaptiveSize(config.train.samples_per_batch if ngp else config.train.rays_per_batch,
+                                         what="samples per batch" if ngp else "rays per batch", report=report,
+                                         device=device)
         self.training_seconds = 0.0
         self.last_loss = float("nan")
         self.last_psnr = float("nan")
@@ -441,7 +470,8 @@ class NerfTrainer:
         return capture_training_state(task="nerf", step=self.step, total_steps=self.config.train.max_steps,
                                       training_seconds=self.training_seconds, model=self.model,
                                       optimizer=self.optimizer, generators={"trainer": self.generator},
-                                      trainer={name: getattr(self, name) for name in self._RESUMED_FIELDS})
+                                      trainer={**{name: getattr(self, name) for name in self._RESUMED_FIELDS},
+                                               "batch_lowered": self.batch.record() if self.batch.lowered else None})
 
     def restore_state(self, state) -> None:
         """Continue from a TrainingState written by capture_state (same config)."""
@@ -453,6 +483,7 @@ class NerfTrainer:
         for name in self._RESUMED_FIELDS:
             if fields.get(name) is not None:
                 setattr(self, name, type(getattr(self, name))(fields[name]))
+        self.batch.restore(fields.get("batch_lowered"))
 
     def _batch(self, n_rays: int):
         views = self.views
@@ -480,7 +511,7 @@ class NerfTrainer:
         origins, dirs, target, bg = self._batch(self.rays)
         autocast = config.train.mixed_precision and torch.device(self.device).type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out = model.render(origins, dirs, training=True, generator=self.generator)
+            out = model.render(origins, dirs, training=True, generator=self.generator, capacity=self.batch.size)
         out["rgb"] = out["rgb"].float()
         prediction = composite_background(out["rgb"], out["opacity"], bg)
         if "ray_valid" in out:
@@ -502,6 +533,14 @@ class NerfTrainer:
         self.step += 1
         self._loss_tensor = loss.detach()
 
+    def _lower_batch(self, exc: BaseException) -> None:
+        """After a GPU out-of-memory in a step: drop its gradients, halve the batch (the rays with
+        it), and let the caller run the step again."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._pending_samples = self._pending_rays = 0
+        self.batch.lower(exc, step=self.step + 1)
+        self.rays = max(1, min(self.rays // 2, self.batch.size))
+
     def _settle_counts(self) -> None:
         """At a device sync: count the samples and rays of the last steps, and set the rays per
         batch so that the samples fill the batch's slots (the grid empties as training goes on)."""
@@ -513,7 +552,7 @@ class NerfTrainer:
             # Fixed slots get 3% headroom: the sum over ~10^4 random rays varies by about 1%,
             # and a ray that does not fit is dropped.
             headroom = 0.97 if trains_in_fixed_slots(self.device) else 1.0
-            wanted = int(headroom * self.config.train.samples_per_batch * rays / max(samples, 1))
+            wanted = int(headroom * self.batch.size * rays / max(samples, 1))
             self.rays = int(min(max(wanted, 256), self.config.train.max_rays))
 
     def train_for(self, *, until_step: int, until_seconds: float | None = None,
@@ -528,7 +567,14 @@ class NerfTrainer:
         sync_every = 16 if torch.device(self.device).type == "cuda" else 1
         clock = time.perf_counter()
         while self.step < until_step:
-            self.train_step()
+            try:
+                memory.inject("train_step")
+                self.train_step()
+            except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
+                if not memory.caused_by_oom(exc):
+                    raise
+                self._lower_batch(exc)
+                continue
             if self.step % sync_every == 0 or self.step == until_step:
                 _synchronize(self.device)
                 now = time.perf_counter()
@@ -606,7 +652,11 @@ def extract_nerf_mesh(model: NerfModel, *, resolution: int, threshold: float, de
     from ..geometry.extract import marching_cubes
 
     clock = time.perf_counter()
-    volume = query_density_grid(model, resolution=resolution, device=device)
+    chunk = memory.AdaptiveSize(2 ** 21, what="chunk", unit="points", training=False, device=device,
+                                report=render_chunk(model).report)
+    volume = memory.retry_chunked(lambda size: query_density_grid(model, resolution=resolution, device=device,
+                                                                  chunk=size),
+                                  chunk, phase="extracting the mesh")
     if timings is not None:
         timings["mesh_query"] = time.perf_counter() - clock
     if not volume.max() > threshold:
@@ -618,7 +668,8 @@ def extract_nerf_mesh(model: NerfModel, *, resolution: int, threshold: float, de
     if timings is not None:
         timings["mesh_marching_cubes"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    colors = vertex_colors(model, vertices, faces, device=device)
+    colors = memory.retry_chunked(lambda size: vertex_colors(model, vertices, faces, device=device, chunk=size),
+                                  chunk, phase="colouring the mesh")
     if timings is not None:
         timings["mesh_colors"] = time.perf_counter() - clock
     return vertices, faces, colors
@@ -639,13 +690,15 @@ def query_density_grid(model: NerfModel, *, resolution: int, device, chunk: int 
         points = torch.stack([axis[index // resolution ** 2], axis[(index // resolution) % resolution],
                               axis[index % resolution]], dim=1)
         keep = near_occupied[model.grid.cell_index(points)]
+        memory.inject("extract_chunk")
         if keep.any():
             values[index[keep]] = model.field.density(points[keep]).float()
     return values.view(resolution, resolution, resolution).cpu().numpy()
 
 
 @torch.no_grad()
-def vertex_colors(model: NerfModel, vertices: np.ndarray, faces: np.ndarray, *, device) -> np.ndarray:
+def vertex_colors(model: NerfModel, vertices: np.ndarray, faces: np.ndarray, *, device,
+                  chunk: int = 2 ** 20) -> np.ndarray:
     """(V, 3) uint8: the colour at each vertex looking at it from outside, against the vertex normal."""
     v = torch.as_tensor(vertices, dtype=torch.float32, device=device)
     f = torch.as_tensor(faces, dtype=torch.long, device=device)
@@ -653,7 +706,7 @@ def vertex_colors(model: NerfModel, vertices: np.ndarray, faces: np.ndarray, *, 
     normals = torch.zeros_like(v).index_add_(0, f.reshape(-1), face_normals.repeat_interleave(3, 0))
     normals = torch.nn.functional.normalize(normals, dim=-1)
     colors = []
-    for points, n in zip(v.split(2 ** 20), normals.split(2 ** 20)):
+    for points, n in zip(v.split(chunk), normals.split(chunk)):
         _, rgb = model.field(points, -n)
         colors.append(rgb)
     return (torch.cat(colors).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
@@ -700,7 +753,8 @@ def run_nerf_job(ctx) -> dict:
 
     ctx.phase("training")
     model = NerfModel(config).to(device)
-    trainer = NerfTrainer(model, train, config, device=device)
+    render_chunk(model, report=ctx.memory_lowered)
+    trainer = NerfTrainer(model, train, config, device=device, report=ctx.memory_lowered)
     if ctx.resume_state is not None:
         trainer.restore_state(ctx.resume_state)
     ctx.track_training(trainer.capture_state, model_meta={"task": "nerf", "config": config.to_dict(),
@@ -798,6 +852,8 @@ def render_frames_to_folder(job_dir: Path, cameras: Path, out_dir: Path, *, outp
     """
     from ..imageio import write_exr, write_png
     model, meta = load_nerf(job_dir, device)
+    if reporter is not None:
+        render_chunk(model, report=lambda message, _size: reporter.send("warning", message=message))
     normalization = meta["normalization"]
     frames = datasets.read_transforms(cameras)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -847,9 +903,12 @@ def render_frames_to_folder(job_dir: Path, cameras: Path, out_dir: Path, *, outp
 
 
 def extract_to_file(job_dir: Path, out: Path, *, resolution: int = 256, threshold: float | None = None,
-                    device="cpu", smoothing: int = 0) -> dict:
-    """Extract the coloured mesh of a trained NeRF into a PLY (world coordinates)."""
+                    device="cpu", smoothing: int = 0, warn=None) -> dict:
+    """Extract the coloured mesh of a trained NeRF into a PLY (world coordinates); warn(text):
+    where a chunk lowered after a GPU out-of-memory is told."""
     model, meta = load_nerf(job_dir, device)
+    if warn is not None:
+        render_chunk(model, report=lambda message, _size: warn(message))
     if threshold is None:
         threshold = model.config.mesh.threshold
     clock = time.perf_counter()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import memory
 from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, TrainingState, capture_training_state,
                           checkpoint_seconds_option, restore_training_state, save_field)
 from ..fields.networks import NETWORKS, Field, FieldConfig, field_config_for, field_config_from_dict
@@ -261,7 +262,8 @@ def sample_occupancy(vertices, faces, *, n_near: int, n_uniform: int, near_sigma
 
 def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, config: OccupancyTrainConfig, *,
                     seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None,
-                    resume: TrainingState | None = None, track=None) -> dict:
+                    resume: TrainingState | None = None, track=None,
+                    batch: memory.AdaptiveSize | None = None) -> dict:
     """Fit the ``occupancy`` logit of ``model`` to (points (N, 3), inside (N,) in {0, 1}) with
     binary cross-entropy over random batches; returns {"steps", "loss", "seconds"}.
 
@@ -270,6 +272,7 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
     step as one CUDA graph, as train_sdf does (the eager step is the reference; both draw the
     same batches and do the same maths). resume / track: as for sdf.train_sdf (continue a
     checkpoint.TrainingState; hand a state-capturing function to the job for checkpoints).
+    batch: the batch size as a memory.AdaptiveSize, halved on a GPU out-of-memory (as in sdf.train_sdf).
     """
     device = points.device
     graphed = (config.cuda_graph if cuda_graph is None else cuda_graph) and device.type == "cuda"
@@ -281,9 +284,11 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.99),
                                  eps=1e-15 if is_hashgrid else 1e-8, capturable=on_cuda)
     decay = config.final_lr_fraction ** (1 / max(config.steps, 1))
-    index = torch.empty(config.batch_size, dtype=torch.long, device=device)  # fixed buffer (graphs)
+    batch = batch if batch is not None else memory.AdaptiveSize(config.batch_size, device=device)
+    buffers: dict[str, torch.Tensor] = {}     # fixed buffers (graphs), made again at a lowered batch size
 
     def step() -> torch.Tensor:
+        index = buffers["index"]
         optimizer.zero_grad(set_to_none=True)
         logits = model(points[index])[CHANNEL]
         loss = F.binary_cross_entropy_with_logits(logits, inside[index])
@@ -296,19 +301,24 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
         restore_training_state(resume, model=model, optimizer=optimizer, generators={"batches": generator})
         progress.update(step=resume.step, seconds=resume.training_seconds,
                         loss=resume.meta.get("trainer", {}).get("loss", math.nan))
+        batch.restore(resume.meta.get("trainer", {}).get("batch_lowered"))
     if track is not None:
         track(lambda: capture_training_state(
             task="occupancy", step=progress["step"], total_steps=config.steps, training_seconds=progress["seconds"],
             model=model, optimizer=optimizer, generators={"batches": generator},
-            trainer={"loss": float(torch.as_tensor(progress["loss"]).detach())}))
+            trainer={"loss": float(torch.as_tensor(progress["loss"]).detach()),
+                     "batch_lowered": batch.record() if batch.lowered else None}))
 
+    buffers["index"] = torch.empty(batch.size, dtype=torch.long, device=device)
     run_step = step
     first_step = progress["step"] + 1
+    warm_from = first_step               # graphs: eager warm-up steps from here (again after a lowering)
     warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
     side_stream = torch.cuda.Stream(device) if graphed else None
     loss = torch.tensor(progress["loss"])
     clock = time.perf_counter()
-    for step_number in range(first_step, config.steps + 1):
+    step_number = first_step
+    while step_number <= config.steps:
         if check_cancel is not None:
             check_cancel()
         rate = config.learning_rate * decay ** (step_number - 1)
@@ -317,24 +327,41 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
                 group["lr"].fill_(rate)
             else:
                 group["lr"] = rate
-        torch.randint(len(points), (config.batch_size,), device=device, generator=generator, out=index)
-        if graphed and step_number - first_step < warmup:
-            side_stream.wait_stream(torch.cuda.current_stream(device))  # capture needs a side-stream warm-up
-            with torch.cuda.stream(side_stream):
-                loss = step()
-            torch.cuda.current_stream(device).wait_stream(side_stream)
-        elif graphed and run_step is step:
-            run_step = _capture_step(step)
-            loss = run_step()
-        else:
-            loss = run_step()
+        index = buffers["index"]
+        torch.randint(len(points), (len(index),), device=device, generator=generator, out=index)
+        del index
+        try:
+            memory.inject("train_step")
+            if graphed and step_number - warm_from < warmup:
+                side_stream.wait_stream(torch.cuda.current_stream(device))  # capture needs a side-stream warm-up
+                with torch.cuda.stream(side_stream):
+                    loss = step()
+                torch.cuda.current_stream(device).wait_stream(side_stream)
+            elif graphed and run_step is step:
+                run_step = _capture_step(step)
+                loss = run_step()
+            else:
+                loss = run_step()
+        except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
+            if not memory.caused_by_oom(exc):
+                raise
+            # Drop the step (a captured graph and the buffer have the old size), halve, retry it.
+            run_step = step
+            buffers.clear()
+            optimizer.zero_grad(set_to_none=True)
+            batch.lower(exc, step=step_number)
+            buffers["index"] = torch.empty(batch.size, dtype=torch.long, device=device)
+            warm_from = step_number
+            continue
         progress["seconds"] += time.perf_counter() - clock
         progress["step"] = step_number
         if on_step is not None:
             progress["loss"] = loss          # a tensor: read only when a checkpoint or a report needs it
             on_step(step_number, config.steps, loss)
         clock = time.perf_counter()          # reports and checkpoints are not training time
-    return {"steps": config.steps, "loss": float(loss.detach()), "seconds": progress["seconds"]}
+        step_number += 1
+    return {"steps": config.steps, "loss": float(loss.detach()), "seconds": progress["seconds"],
+            "batch_size": batch.size}
 
 
 # --------------------------------------------------------------------------- extraction
@@ -515,7 +542,8 @@ def run_occupancy_job(ctx) -> dict:
                   "channel_meaning": {CHANNEL: "logit of P(inside); the surface is where it is 0"}}
     stats = train_occupancy(model, samples.points, samples.inside, config.train, seed=config.seed,
                             on_step=ctx.training_step, check_cancel=ctx.check_cancel, resume=ctx.resume_state,
-                            track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta))
+                            track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta),
+                            batch=ctx.adaptive_size(config.train.batch_size, what="batch"))
     ctx.sync()
     timings["training"] = time.perf_counter() - clock
     ctx.finish_training()
@@ -527,7 +555,12 @@ def run_occupancy_job(ctx) -> dict:
     clock = time.perf_counter()
     model.eval()
     logit_fn = lambda p: model(p)[CHANNEL]  # noqa: E731
-    unit_out, faces_out = extract_occupancy_mesh(logit_fn, config.extract, device=device, timings=timings)
+    chunk = ctx.adaptive_size(config.extract.chunk, what="chunk", unit="points", training=False)
+    unit_out, faces_out = memory.retry_chunked(
+        lambda size: extract_occupancy_mesh(memory.injecting(logit_fn, "extract_chunk"),
+                                            dataclasses.replace(config.extract, chunk=size), device=device,
+                                            timings=timings),
+        chunk, phase="extracting the mesh")
     world_out = to_world(unit_out, normalization)
     mesh_path = ctx.output_path("mesh.ply")
     write_ply(mesh_path, world_out, faces_out)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import protocol
+from .. import memory, protocol
 from ..checkpoint import META_FILE, WEIGHTS_FILE, load_field, load_training_state
 from ..fields.networks import Field, field_config_from_dict
 from ..geometry.extract import extract_mesh, to_world
@@ -30,14 +30,14 @@ MAX_SMOOTHING = 1000
 
 
 def extract_job_mesh(job_dir: str | Path, out: str | Path, *, resolution: int | None = None,
-                     threshold: float | None = None, smoothing: int = 0, device="cpu") -> dict:
+                     threshold: float | None = None, smoothing: int = 0, device="cpu", warn=None) -> dict:
     """Extract the mesh of the sdf/occupancy field in ``job_dir`` into the PLY ``out``.
 
     threshold: sdf: the distance level in the job's unit box (the same units as job.json's
     ``level``; world distance = level / normalization scale); occupancy: the probability of
     the surface, in (0, 1). smoothing: Taubin smoothing iterations (0: none).
     Returns {"path", "n_vertices", "n_faces", "resolution", "threshold", "smoothing", "seconds",
-    "from_step", "finished"}.
+    "from_step", "finished"}. warn(text): where a chunk lowered after a GPU out-of-memory is told.
     """
     started = time.perf_counter()
     job_dir = Path(job_dir)
@@ -73,13 +73,21 @@ def extract_job_mesh(job_dir: str | Path, out: str | Path, *, resolution: int | 
     if normalization is None:
         normalization = protocol.read_json(job_dir / protocol.NORMALIZATION_FILE, "normalization.json")
     model.eval()
+    chunk = memory.AdaptiveSize(config.extract.chunk, what="chunk", unit="points", training=False, device=device,
+                                report=None if warn is None else (lambda message, _size: warn(message)))
     if task == "sdf":
-        vertices, faces = extract_mesh(lambda p: model(p)["sdf"], resolution=resolution, level=level,
-                                       device=device, chunk=config.extract.chunk)
+        field = memory.injecting(lambda p: model(p)["sdf"], "extract_chunk")
+        vertices, faces = memory.retry_chunked(
+            lambda size: extract_mesh(field, resolution=resolution, level=level, device=device, chunk=size),
+            chunk, phase="extracting the mesh")
     else:
         from .occupancy import CHANNEL, extract_occupancy_mesh
-        settings = dataclasses.replace(config.extract, resolution=resolution, threshold=level)
-        vertices, faces = extract_occupancy_mesh(lambda p: model(p)[CHANNEL], settings, device=device)
+        field = memory.injecting(lambda p: model(p)[CHANNEL], "extract_chunk")
+        vertices, faces = memory.retry_chunked(
+            lambda size: extract_occupancy_mesh(field, dataclasses.replace(config.extract, resolution=resolution,
+                                                                           threshold=level, chunk=size),
+                                                device=device),
+            chunk, phase="extracting the mesh")
     vertices = taubin_smooth(vertices, faces, iterations=smoothing)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_ply(out, to_world(vertices, normalization), faces)

@@ -26,6 +26,7 @@ from ..geometry.mesh import is_watertight, load_mesh, normalization_for
 from ..geometry.metrics import mesh_metrics, uniform_points_in_box, volume_iou
 from ..geometry.sampling import sample_sdf
 from ..geometry.winding import FastWindingNumber
+from .. import memory
 from ..plyio import write_ply
 from ..protocol import make_normalization
 
@@ -166,8 +167,8 @@ def eikonal_loss(sdf_fn, points: torch.Tensor, step: float) -> torch.Tensor:
 
 def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: SdfTrainConfig, *,
               seed: int, on_step=None, check_cancel=None, cuda_graph: bool | None = None,
-              resume: TrainingState | None = None, track=None) -> dict:
-    """Fit ``model`` to (points (N, 3), sdf (N,)) samples; returns {"steps", "loss", "seconds"}.
+              resume: TrainingState | None = None, track=None, batch: memory.AdaptiveSize | None = None) -> dict:
+    """Fit ``model`` to (points (N, 3), sdf (N,)) samples; returns {"steps", "loss", "seconds", "batch_size"}.
 
     on_step(step, total, loss) is called after every step (the caller decides how often
     to report); check_cancel() raises to stop between steps.
@@ -182,6 +183,11 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
     (forward, backward, Adam) as one CUDA graph: a hash-grid step is hundreds of small
     kernels, so on a GPU the launch overhead, not the arithmetic, bounds the step time. The
     eager step is the reference; both draw the same random batches and do the same maths.
+
+    batch: the batch size as a memory.AdaptiveSize (default: config.batch_size, unreported). On
+    a GPU out-of-memory the step is retried at half the batch (buffers and a captured graph are
+    rebuilt at the new size); the lowered size is kept in the training state, so a resume goes
+    on at it.
     """
     device = points.device
     graphed = (config.cuda_graph if cuda_graph is None else cuda_graph) and device.type == "cuda"
@@ -195,19 +201,25 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.99),
                                  eps=1e-15 if is_hashgrid else 1e-8, capturable=on_cuda)
     decay = config.final_lr_fraction ** (1 / max(config.steps, 1))
-    n_eikonal = max(1, int(config.batch_size * config.eikonal_batch_fraction))
     sdf_fn = lambda p: model(p)["sdf"]  # noqa: E731
+    batch = batch if batch is not None else memory.AdaptiveSize(config.batch_size, device=device)
 
-    # The batch lives in fixed buffers, refilled before every step (a graph reads fixed addresses).
-    index = torch.empty(config.batch_size, dtype=torch.long, device=device)
-    free = torch.empty(n_eikonal, 3, device=device)
+    # The batch lives in fixed buffers, refilled before every step (a graph reads fixed addresses);
+    # they are made again at a lowered batch size.
+    buffers: dict[str, torch.Tensor] = {}
+
+    def allocate(size: int) -> None:
+        buffers["index"] = torch.empty(size, dtype=torch.long, device=device)
+        buffers["free"] = torch.empty(max(1, int(size * config.eikonal_batch_fraction)), 3, device=device)
 
     def draw_batch() -> None:
-        torch.randint(len(points), (config.batch_size,), device=device, generator=generator, out=index)
+        index = buffers["index"]
+        torch.randint(len(points), (len(index),), device=device, generator=generator, out=index)
         # Eikonal points: uniform in the box, where the supervised samples are sparse.
-        free.uniform_(-1.0, 1.0, generator=generator)
+        buffers["free"].uniform_(-1.0, 1.0, generator=generator)
 
     def step() -> torch.Tensor:
+        index, free = buffers["index"], buffers["free"]
         optimizer.zero_grad(set_to_none=True)
         loss = (sdf_fn(points[index]) - sdf[index]).abs().mean()
         if config.eikonal_weight > 0:
@@ -221,19 +233,24 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
         restore_training_state(resume, model=model, optimizer=optimizer, generators={"batches": generator})
         progress.update(step=resume.step, seconds=resume.training_seconds,
                         loss=resume.meta.get("trainer", {}).get("loss", math.nan))
+        batch.restore(resume.meta.get("trainer", {}).get("batch_lowered"))
     if track is not None:
         track(lambda: capture_training_state(
             task="sdf", step=progress["step"], total_steps=config.steps, training_seconds=progress["seconds"],
             model=model, optimizer=optimizer, generators={"batches": generator},
-            trainer={"loss": float(torch.as_tensor(progress["loss"]).detach())}))
+            trainer={"loss": float(torch.as_tensor(progress["loss"]).detach()),
+                     "batch_lowered": batch.record() if batch.lowered else None}))
 
+    allocate(batch.size)
     run_step = step
     first_step = progress["step"] + 1
+    warm_from = first_step               # graphs: eager warm-up steps from here (again after a lowering)
     warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
     side_stream = torch.cuda.Stream(device) if graphed else None
     loss = torch.tensor(progress["loss"])
     clock = time.perf_counter()
-    for step_number in range(first_step, config.steps + 1):
+    step_number = first_step
+    while step_number <= config.steps:
         if check_cancel is not None:
             check_cancel()
         for group in optimizer.param_groups:
@@ -243,17 +260,30 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
             else:
                 group["lr"] = rate
         draw_batch()
-        if graphed and step_number - first_step < warmup:
-            # Warm-up steps run eagerly on a side stream, as CUDA graph capture requires.
-            side_stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side_stream):
-                loss = step()
-            torch.cuda.current_stream(device).wait_stream(side_stream)
-        elif graphed and run_step is step:
-            run_step = _capture_step(step)
-            loss = run_step()
-        else:
-            loss = run_step()
+        try:
+            memory.inject("train_step")
+            if graphed and step_number - warm_from < warmup:
+                # Warm-up steps run eagerly on a side stream, as CUDA graph capture requires.
+                side_stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side_stream):
+                    loss = step()
+                torch.cuda.current_stream(device).wait_stream(side_stream)
+            elif graphed and run_step is step:
+                run_step = _capture_step(step)
+                loss = run_step()
+            else:
+                loss = run_step()
+        except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
+            if not memory.caused_by_oom(exc):
+                raise
+            # Drop the step (a captured graph and the buffers have the old size), halve, retry it.
+            run_step = step
+            buffers.clear()
+            optimizer.zero_grad(set_to_none=True)
+            batch.lower(exc, step=step_number)
+            allocate(batch.size)
+            warm_from = step_number
+            continue
         now = time.perf_counter()
         progress["seconds"] += now - clock
         progress["step"] = step_number
@@ -261,7 +291,9 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
             progress["loss"] = loss          # a tensor: read only when a checkpoint or a report needs it
             on_step(step_number, config.steps, loss)
         clock = time.perf_counter()          # reports and checkpoints are not training time
-    return {"steps": config.steps, "loss": float(loss.detach()), "seconds": progress["seconds"]}
+        step_number += 1
+    return {"steps": config.steps, "loss": float(loss.detach()), "seconds": progress["seconds"],
+            "batch_size": batch.size}
 
 
 _CUDA_GRAPH_WARMUP_STEPS = 3
@@ -269,6 +301,9 @@ _CUDA_GRAPH_WARMUP_STEPS = 3
 
 def _capture_step(step):
     """Record ``step`` as a CUDA graph; returns a function that replays it and gives its loss."""
+    # The eager warm-up's cached blocks go back first, so the graph's private pool can take
+    # them when memory is tight (else the capture itself can run out).
+    torch.cuda.empty_cache()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss = step()
@@ -318,7 +353,8 @@ def run_sdf_job(ctx) -> dict:
                   "normalization": normalization}
     stats = train_sdf(model, samples.points, samples.sdf, config.train, seed=config.seed,
                       on_step=ctx.training_step, check_cancel=ctx.check_cancel, resume=ctx.resume_state,
-                      track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta))
+                      track=lambda snapshot: ctx.track_training(snapshot, model_meta=model_meta),
+                      batch=ctx.adaptive_size(config.train.batch_size, what="batch"))
     ctx.sync()
     timings["training"] = time.perf_counter() - clock
     ctx.finish_training()
@@ -329,8 +365,11 @@ def run_sdf_job(ctx) -> dict:
     clock = time.perf_counter()
     model.eval()
     sdf_fn = lambda p: model(p)["sdf"]  # noqa: E731
-    unit_out, faces_out = extract_mesh(sdf_fn, resolution=config.extract.resolution, level=config.extract.level,
-                                       device=device, chunk=config.extract.chunk, timings=timings)
+    chunk = ctx.adaptive_size(config.extract.chunk, what="chunk", unit="points", training=False)
+    unit_out, faces_out = memory.retry_chunked(
+        lambda size: extract_mesh(memory.injecting(sdf_fn, "extract_chunk"), resolution=config.extract.resolution,
+                                  level=config.extract.level, device=device, chunk=size, timings=timings),
+        chunk, phase="extracting the mesh")
     world_out = to_world(unit_out, normalization)
     mesh_path = ctx.output_path("mesh.ply")
     write_ply(mesh_path, world_out, faces_out)
