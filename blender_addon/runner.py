@@ -19,11 +19,28 @@ Guarantees for the caller:
   safety net) ends every child still running, except those started with ``keep_running``:
   those run ``run --keep-running`` in their own session, so they outlive Blender on purpose
   (the Jobs panel re-attaches to them later; only an explicit cancel stops them).
+
+The job queue (one per process, so every kind of job shares it): at most ``max_parallel()``
+training children (``-m inr_backend run ...``: conversions, NeRF and image fits, resumes) are
+alive at once (``set_max_parallel``; the add-on's "Jobs at once" preference, default 1). A
+training runner started while every slot is taken is *queued* (FIFO): ``start()`` returns at
+once, ``is_queued`` is true and ``jobs_ahead`` says how many run or wait before it. It is
+launched the moment a slot frees: by the reader thread of the child that exited (so the queue
+moves even while nobody polls), and, as a safety net, by any runner's ``poll()`` /
+``wait_message()``. ``cancel()`` of a queued runner never starts it: it leaves the queue and
+yields ``done`` {status: cancelled} at once (and the job folder gets a result.json that says
+it never started). ``stop_all()`` drops the whole queue the same way.
+
+Short commands (render, extract, resample: any args other than ``run``) bypass the limit:
+they read a field that is already trained, take seconds, and the artist is waiting to look
+at their result; queued behind a ten-minute training, "Render from Active Camera" would look
+broken. They do not take a slot either.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import queue
 import subprocess
@@ -41,10 +58,19 @@ TAIL_LINES = 12
 DEFAULT_GRACE = 10.0       # seconds a cancelled backend gets to write result.json and exit
 DEFAULT_KILL_AFTER = 3.0   # seconds between terminate() and kill()
 
+DEFAULT_MAX_PARALLEL = 1
+MAX_PARALLEL_LIMIT = 8     # the preference's range; more training children than this only thrash
+
 Message = dict[str, Any]
 
 _RUNNERS: set["BackendRunner"] = set()
-_RUNNERS_LOCK = threading.Lock()
+# One re-entrant lock for the live set, the slots and the queue: the reader threads (a child
+# exited: free its slot, launch the next) and the main thread (start, cancel, stop_all) both
+# change them, and launching under the lock keeps the count of live children exact.
+_RUNNERS_LOCK = threading.RLock()
+_SLOTS: set["BackendRunner"] = set()        # launched training runners whose child has not exited
+_QUEUE: collections.deque["BackendRunner"] = collections.deque()
+_LIMIT = [DEFAULT_MAX_PARALLEL]
 
 
 def default_python() -> str:
@@ -93,7 +119,8 @@ class BackendRunner:
         self.job_dir: Path | None = None
         self.process: subprocess.Popen | None = None
         self.messages: queue.Queue[Message] = queue.Queue()
-        self.started_at: float | None = None
+        self.started_at: float | None = None     # when the child was launched (monotonic), None while queued
+        self.queued_at: float | None = None      # when start() was called
         self.cancel_requested = False
         self.outcome: Message | None = None      # the ``done`` message, once poll() returned it
         self.error_message: str | None = None    # the text of the last ``error`` seen by poll()
@@ -102,27 +129,58 @@ class BackendRunner:
         self._watchdog: threading.Thread | None = None
         self._stdin_lock = threading.Lock()
         self._stderr_handle = None
+        self._command: list[str] = []
+        self._env: dict[str, str] = {}
+        self._queued = False
 
     # ----------------------------------------------------------------- starting
 
-    def start(self, python: str | None, job_dir: str | os.PathLike, args: list[str] | None = None) -> "BackendRunner":
-        if self.started_at is not None:
+    def start(self, python: str | None, job_dir: str | os.PathLike, args: list[str] | None = None, *,
+              queue_if_busy: bool = True) -> "BackendRunner":
+        """Launch the child now, or queue it (a training run while every slot is taken; see the
+        module docstring). ``queue_if_busy=False`` launches at once whatever the limit."""
+        if self.queued_at is not None:
             raise RuntimeError("this BackendRunner was already started; make a new one per job")
         self.python = python or default_python()
         self.job_dir = Path(job_dir).resolve()
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        self.started_at = time.monotonic()
+        self.queued_at = time.monotonic()
         if args is None:
             args = ["-m", "inr_backend", "run", str(self.job_dir)] + (["--keep-running"] if self.keep_running else [])
         self.args = list(args)
-        command = [self.python] + self.args
+        self._command = [self.python] + self.args
         env = dict(os.environ)
         env.update(self.extra_env)
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (self.pythonpath, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONIOENCODING"] = "utf-8"
-        self._stderr_handle = open(self.job_dir / STDERR_FILE, "ab")
+        self._env = env
+        with _RUNNERS_LOCK:
+            # FIFO: a new training run waits while anything is queued, even if a slot is free
+            # this instant (the queue's head is launched first by the pump below).
+            if queue_if_busy and self.is_run_command and (_QUEUE or len(_SLOTS) >= _LIMIT[0]):
+                self._queued = True
+                _QUEUE.append(self)
+            else:
+                self._launch()
+        if self._queued:
+            pump()
+        return self
+
+    def _launch(self) -> None:
+        """Start the child (called with _RUNNERS_LOCK held: by start(), or by pump() for a queued runner)."""
+        self._queued = False
+        self.started_at = time.monotonic()
+        command, env = self._command, self._env
+        try:
+            self._stderr_handle = open(self.job_dir / STDERR_FILE, "ab")
+        except OSError as exc:   # the folder vanished or turned read-only while the job was queued
+            self.messages.put(protocol.make_message(
+                "error", message=f"Cannot write to the job folder {self.job_dir} ({exc.strerror or exc}): the job "
+                                 f"was not started. Check the jobs folder in the add-on preferences", synthesized=True))
+            self.messages.put(protocol.make_message("done", status="failed", synthesized=True))
+            return
         popen_kwargs: dict[str, Any] = {}
         if os.name == "nt":
             popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0) | (
@@ -143,13 +201,14 @@ class BackendRunner:
                 text = f"Backend Python {reason}: {self.python} ({exc.strerror or exc}). {PREFERENCES_HINT}"
             self.messages.put(protocol.make_message("error", message=text, synthesized=True))
             self.messages.put(protocol.make_message("done", status="failed", synthesized=True))
-            return self
+            return
         with _RUNNERS_LOCK:
             _RUNNERS.add(self)
+            if self.is_run_command:
+                _SLOTS.add(self)
         self._reader = threading.Thread(target=self._read_stdout, name=f"inr-backend-reader-{self.process.pid}",
                                          daemon=True)
         self._reader.start()
-        return self
 
     # ----------------------------------------------------------------- the reader thread
 
@@ -186,6 +245,8 @@ class BackendRunner:
                 self.messages.put(message)
         with _RUNNERS_LOCK:
             _RUNNERS.discard(self)
+            _SLOTS.discard(self)
+        pump()  # the child is gone: its slot goes to the next queued run at once
 
     def _synthesize_end(self, returncode: int, last_error: Message | None) -> list[Message]:
         if self.cancel_requested:
@@ -222,6 +283,8 @@ class BackendRunner:
 
     def poll(self, max_messages: int = 100) -> list[Message]:
         """Up to ``max_messages`` new messages, without blocking. Stops after ``done``."""
+        if _QUEUE:
+            pump()
         out: list[Message] = []
         while len(out) < max_messages and self.outcome is None:
             try:
@@ -236,6 +299,8 @@ class BackendRunner:
         """The next message, waiting up to ``timeout`` seconds (None when none came)."""
         if self.outcome is not None:
             return None
+        if _QUEUE:
+            pump()
         try:
             message = self.messages.get(timeout=timeout)
         except queue.Empty:
@@ -276,6 +341,32 @@ class BackendRunner:
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def is_queued(self) -> bool:
+        """True while the runner waits in the queue for a slot (no child yet)."""
+        return self._queued
+
+    @property
+    def queue_position(self) -> int | None:
+        """0 for the queue's head (launched next), None when not queued."""
+        with _RUNNERS_LOCK:
+            try:
+                return _QUEUE.index(self) if self._queued else None
+            except ValueError:
+                return None
+
+    @property
+    def jobs_ahead(self) -> int | None:
+        """How many training runs start or finish before this queued one can start: the
+        running ones plus those queued before it (None when not queued)."""
+        with _RUNNERS_LOCK:
+            if not self._queued:
+                return None
+            try:
+                return len(_SLOTS) + _QUEUE.index(self)
+            except ValueError:
+                return None
+
     def wait_exit(self, timeout: float = 2.0) -> int | None:
         """Wait (briefly) for the child to exit after ``done``, so its logs are complete."""
         if self.process is None:
@@ -286,7 +377,10 @@ class BackendRunner:
             return None
 
     def cancel(self) -> None:
-        """Ask the backend to stop; returns at once. ``done`` (cancelled) follows in poll()."""
+        """Ask the backend to stop; returns at once. ``done`` (cancelled) follows in poll().
+        A queued runner leaves the queue and is never started."""
+        if self._drop_from_queue("cancelled before it started"):
+            return
         if self.process is None or self.cancel_requested:
             self.cancel_requested = True
             return
@@ -294,6 +388,39 @@ class BackendRunner:
         self._send_line(protocol.CANCEL_COMMAND)
         self._watchdog = threading.Thread(target=self._escalate, name="inr-backend-watchdog", daemon=True)
         self._watchdog.start()
+
+    def _drop_from_queue(self, why: str) -> bool:
+        """Take a queued runner out of the queue: ``done`` {cancelled} at once. False when it
+        was not queued (already launched, or never started)."""
+        with _RUNNERS_LOCK:
+            if not self._queued:
+                return False
+            self._queued = False
+            try:
+                _QUEUE.remove(self)
+            except ValueError:
+                pass
+        self.cancel_requested = True
+        self._note_never_started(why)
+        self.messages.put(protocol.make_message("done", status="cancelled", queued=True, synthesized=True))
+        return True
+
+    def _note_never_started(self, why: str) -> None:
+        """A result.json for a queued training job that never ran, so the Jobs panel shows it
+        cancelled (not "interrupted"). An existing result.json (a queued resume of an earlier
+        run) is kept: it says more than this does."""
+        if self.job_dir is None or not self.is_run_command:
+            return
+        path = self.job_dir / protocol.RESULT_FILE
+        if path.exists():
+            return
+        try:
+            protocol.write_json_atomic(path, {
+                "schema_version": protocol.SCHEMA_VERSION, "status": "cancelled",
+                "message": f"Queued, {why}: the backend never ran", "queued": True,
+                "timings": {"total": 0.0}})
+        except OSError:
+            pass  # a read-only or vanished folder: the job shows as interrupted instead
 
     def _send_line(self, line: str) -> None:
         process = self.process
@@ -324,6 +451,8 @@ class BackendRunner:
 
     def stop(self, timeout: float | None = None) -> None:
         """Cancel and wait until the child is gone (terminating, then killing it if need be)."""
+        if self._drop_from_queue("stopped before it started"):
+            return
         process = self.process
         if process is None:
             return
@@ -375,10 +504,56 @@ def running_runners() -> list[BackendRunner]:
         return [runner for runner in _RUNNERS if runner.is_alive]
 
 
+def queued_runners() -> list[BackendRunner]:
+    """The runners waiting for a slot, in the order they will start."""
+    with _RUNNERS_LOCK:
+        return list(_QUEUE)
+
+
+def slot_runners() -> list[BackendRunner]:
+    """The training runners holding a slot (launched, child not exited yet)."""
+    with _RUNNERS_LOCK:
+        return list(_SLOTS)
+
+
+def max_parallel() -> int:
+    return _LIMIT[0]
+
+
+def set_max_parallel(count: int) -> int:
+    """How many training children may run at once (clamped to 1..MAX_PARALLEL_LIMIT). Raising
+    it launches queued runs at once; lowering it never stops a running one. Returns the limit."""
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        count = DEFAULT_MAX_PARALLEL
+    _LIMIT[0] = max(1, min(MAX_PARALLEL_LIMIT, count))
+    pump()
+    return _LIMIT[0]
+
+
+def pump() -> int:
+    """Launch queued runners while a slot is free; returns how many were launched. Cheap when
+    the queue is empty; safe from any thread (bpy is not touched)."""
+    launched = 0
+    with _RUNNERS_LOCK:
+        while _QUEUE and len(_SLOTS) < _LIMIT[0]:
+            runner = _QUEUE.popleft()
+            runner._launch()   # a launch that fails at once takes no slot: the loop goes on
+            launched += 1
+    return launched
+
+
 def stop_all(timeout: float = 5.0, *, include_kept: bool = False) -> int:
     """End every backend child this module started (the add-on's unregister()). Returns how many.
 
-    Children started with ``keep_running`` are left alone unless ``include_kept``."""
+    Children started with ``keep_running`` are left alone unless ``include_kept``. The queue is
+    dropped first (every queued runner, kept or not, yields ``done`` cancelled and never starts):
+    a queued job has no process that could outlive Blender."""
+    with _RUNNERS_LOCK:
+        dropped = list(_QUEUE)
+    for runner in dropped:
+        runner._drop_from_queue("dropped when Blender quit or the add-on was disabled")
     runners = [runner for runner in running_runners() if include_kept or not runner.keep_running]
     for runner in runners:
         runner.cancel()

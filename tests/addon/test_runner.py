@@ -188,7 +188,8 @@ def test_cancel_escalates_to_kill_for_a_stubborn_child(fake, tmp_path):
     assert not backend.is_alive
 
 
-def test_stop_all_ends_every_child(fake, tmp_path):
+def test_stop_all_ends_every_child(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_LIMIT", [2])  # both children at once (limit 1 would queue the second)
     backends = [start_fake(fake, tmp_path / f"job{i}", mode, grace=1.0, kill_after=1.0)
                 for i, mode in enumerate(["wait_for_cancel", "ignore_cancel"])]
     for backend in backends:
