@@ -10,6 +10,7 @@ complete, so the backend (or a person browsing the jobs folder) never sees half 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -40,6 +41,32 @@ class InputError(ValueError):
 
 class JobError(RuntimeError):
     """A job did not produce a usable result; the text says why."""
+
+
+# No room: the disk is full (ENOSPC), a quota (EDQUOT), or a file-size limit (EFBIG: ulimit -f,
+# a FAT32 disk's 4 GB). Each means the same to an artist: make room or write elsewhere.
+DISK_FULL_ERRNOS = tuple(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
+
+
+class DiskFullError(OSError):
+    """A job folder could not be written for lack of room; nothing of it is left behind.
+
+    An OSError (callers that catch OSError still do), whose text reads on its own and after the
+    add-on's "Cannot write the job folder under <folder>: "."""
+
+    def __init__(self, cause: OSError, folder: Path, *, leftover: bool = False):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(folder))
+        reason = cause.strerror or str(cause)
+        kept = (f"; the partial folder {folder} could not be removed: delete it by hand" if leftover
+                else ", so nothing was written")
+        self.message = f"the disk is full or a file is too large ({reason}){kept}: free some space on that disk"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 # --------------------------------------------------------------------------- input checks
@@ -114,19 +141,29 @@ def make_config(*, preset: str = "fast", network: str = "hashgrid", resolution: 
 
 
 def _write_job_atomically(jobs_root: str | os.PathLike, name: str, write) -> Path:
-    """Make ``jobs_root/.name.partial``, let ``write(folder)`` fill it, rename it to ``jobs_root/name``."""
+    """Make ``jobs_root/.name.partial``, let ``write(folder)`` fill it, rename it to ``jobs_root/name``.
+
+    On any failure the partial folder is removed; a full disk (or a file-size limit) raises
+    DiskFullError, whose text says so and what to do."""
     jobs_root = Path(jobs_root)
-    jobs_root.mkdir(parents=True, exist_ok=True)
     final = jobs_root / name
-    if final.exists():
-        raise FileExistsError(f"job folder already exists: {final}")
     temporary = jobs_root / f".{name}.partial"
-    temporary.mkdir()
+    try:
+        jobs_root.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            raise FileExistsError(f"job folder already exists: {final}")
+        temporary.mkdir()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(exc, temporary) from exc
+        raise
     try:
         write(temporary)
         os.rename(temporary, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise DiskFullError(exc, temporary, leftover=temporary.exists()) from exc
         raise
     return final
 

@@ -345,6 +345,18 @@ class _LogFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         pass
 
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, ValueError):   # the final flush on a full disk; the file is closed all the same
+            self.stream = None
+
 
 def _setup_logging(job_dir: Path) -> logging.Handler:
     try:
