@@ -539,7 +539,10 @@ class NerfTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._pending_samples = self._pending_rays = 0
         self.batch.lower(exc, step=self.step + 1)
-        self.rays = max(1, min(self.rays // 2, self.batch.size))
+        if self.config.model == "ngp":    # the next sync fits the rays to the slots again (_settle_counts)
+            self.rays = max(min(self.rays, 256), self.rays // 2)
+        else:
+            self.rays = self.batch.size
 
     def _settle_counts(self) -> None:
         """At a device sync: count the samples and rays of the last steps, and set the rays per
