@@ -9,10 +9,18 @@ callable on its own.
 ``run_conversion`` does the same synchronously (background mode, ``execute()``). Every
 failure raises ``ConversionError`` (a RuntimeError) with a message for the artist, and leaves
 the scene as it was.
+
+Several conversions may be in flight: ``start_conversion`` exports the mesh and writes the job
+folder at once (the job is a snapshot of the scene when it was queued; editing the mesh later
+does not change it), and the runner queues the backend until one of the "Jobs at Once" slots
+is free (runner.py). ``jobs_in_flight()`` lists them oldest first; the panel's single progress
+state shows the *lead* job (``lead_job()``: the oldest one running, else the oldest queued)
+and counts the others, so it never flickers between jobs.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import tempfile
@@ -34,6 +42,7 @@ OBJECT_SOURCE_KEY = "neural_fields_source"
 OBJECT_METRICS_KEY = "neural_fields_metrics"
 
 _ACTIVE: list["ConversionJob"] = []
+MESSAGES_KEPT = 500   # a job keeps its most recent messages only: a backend printing 100k lines must not grow memory
 
 
 class ConversionError(RuntimeError):
@@ -129,10 +138,38 @@ def note_job(event: str, context, job_dir, task: str = "", source: str = "") -> 
 
 
 def active_job() -> "ConversionJob | None":
+    """The oldest conversion not finished yet (running or queued), or None."""
     for job in _ACTIVE:
         if not job.finished:
             return job
     return None
+
+
+def jobs_in_flight() -> list["ConversionJob"]:
+    """Every conversion not finished yet, oldest first (running and queued)."""
+    return [job for job in _ACTIVE if not job.finished]
+
+
+def lead_job(jobs: list | None = None):
+    """The job a single progress display shows: the oldest running one, else the oldest queued
+    one (None when nothing is in flight). ``jobs``: any list of BackendJob-like objects."""
+    jobs = jobs_in_flight() if jobs is None else [job for job in jobs if not job.finished]
+    for job in jobs:
+        if not job.runner.is_queued:
+            return job
+    return jobs[0] if jobs else None
+
+
+def apply_job_limit(context=None) -> int:
+    """The preference *Jobs at Once* -> the runner's limit on training children; read where
+    every training job starts (and when the preference changes)."""
+    prefs = addon_preferences(context)
+    return runner.set_max_parallel(getattr(prefs, "max_parallel_jobs", runner.DEFAULT_MAX_PARALLEL))
+
+
+def queued_text(backend: runner.BackendRunner) -> str:
+    ahead = backend.jobs_ahead
+    return "Queued" if ahead is None else f"Queued ({ahead} ahead)"
 
 
 # --------------------------------------------------------------------------- export
@@ -172,8 +209,23 @@ class BackendJob:
         self.eta: float | None = None
         self.status_text = "Starting the backend..."
         self.warnings: list[str] = []
-        self.messages: list[dict[str, Any]] = []
+        self.messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=MESSAGES_KEPT)
         self.result: dict[str, Any] | None = None
+
+    @property
+    def status_text(self) -> str:
+        """What the panel says: "Queued (n ahead)" while the runner waits for a slot."""
+        if self.runner.is_queued:
+            return queued_text(self.runner)
+        return self._status_text
+
+    @status_text.setter
+    def status_text(self, value: str) -> None:
+        self._status_text = value
+
+    @property
+    def queued(self) -> bool:
+        return self.runner.is_queued
 
     # ------------------------------------------------------------- progress
 
@@ -321,12 +373,12 @@ class ConversionJob(BackendJob):
 
 
 def start_conversion(context, obj, settings: ConversionSettings | None = None) -> ConversionJob:
-    """Check ``obj``, export its evaluated mesh, write a job folder and start the backend."""
+    """Check ``obj``, export its evaluated mesh, write a job folder and start the backend (or
+    queue it behind the running jobs: ``job.queued``)."""
     problem = object_problem(obj)
     if problem:
         raise ConversionError(problem)
-    if active_job() is not None:
-        raise ConversionError("A conversion is already running: wait for it or cancel it")
+    # No "already running" refusal: a conversion started while others run is queued (runner.py).
     settings = settings or settings_from_context(context)
     vertices, faces = export_mesh(context, obj)
     try:
@@ -344,6 +396,7 @@ def start_conversion(context, obj, settings: ConversionSettings | None = None) -
     except OSError as exc:
         raise ConversionError(f"Cannot write the job folder under {jobs_root}: {exc}. Choose another jobs folder "
                               f"in {runner.PREFERENCES_HINT.removeprefix('Set it in ')}") from None
+    apply_job_limit(context)
     backend = runner.BackendRunner(keep_running=keep_jobs_on_quit(context)).start(settings.python or None, job_dir)
     job = ConversionJob(obj, job_dir, backend, settings)
     _ACTIVE.append(job)

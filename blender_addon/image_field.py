@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -303,9 +304,8 @@ def show_image(context, image, space=None) -> None:
             continue
 
 
-def _check_idle() -> None:
-    if active_job() is not None:
-        raise ImageFieldError("A neural image job is already running: wait for it or press Esc to cancel it")
+def jobs_in_flight() -> list["ImageJob"]:
+    return [job for job in _ACTIVE if not job.finished]
 
 
 def _jobs_root(settings: ImageFitSettings) -> Path:
@@ -316,7 +316,7 @@ def start_fit(context, image, settings: ImageFitSettings | None = None, space=No
     """Check ``image``, save its pixels into a new image job, start the backend."""
     if image is None:
         raise ImageFieldError(NO_IMAGE)
-    _check_idle()
+    # No "already running" refusal: a fit started while trainings run is queued (runner.py).
     settings = settings or settings_from_context(context)
     scale = settings.scale if settings.size is None else None
     try:
@@ -341,6 +341,7 @@ def start_fit(context, image, settings: ImageFitSettings | None = None, space=No
     except OSError as exc:
         raise ImageFieldError(f"Cannot write the job folder under {jobs_root}: {exc}. Choose another jobs folder "
                               f"in {runner.PREFERENCES_HINT.removeprefix('Set it in ')}") from None
+    conversion.apply_job_limit(context)
     backend = runner.BackendRunner(keep_running=conversion.keep_jobs_on_quit(context)).start(
         settings.python or None, job_dir)
     conversion.note_job("started", context, job_dir, "image", image.name)
@@ -359,8 +360,7 @@ def start_resample(context, image, settings: ImageFitSettings | None = None, spa
     problem = resample_problem(image)
     if problem:
         raise ImageFieldError(problem)
-    _check_idle()
-    settings = settings or settings_from_context(context)
+    settings = settings or settings_from_context(context)   # never queued: it reads a trained field
     job_dir = Path(image[IMAGE_JOB_KEY])
     try:
         job = protocol.read_job(job_dir)
@@ -449,38 +449,44 @@ def _redraw(context) -> None:
                         region.tag_redraw()
 
 
-def _show_progress(context, job: ImageJob) -> None:
+def _show_progress(context, job: ImageJob | None = None) -> None:
+    """The panel shows the lead job (the oldest one going), whichever job's operator asks: no flicker."""
     from . import operators
+    in_flight = jobs_in_flight()
+    lead = conversion.lead_job(in_flight)
     state = _state(context)
-    state.running = not job.finished
-    state.progress = job.progress
-    state.status_text = job.status_text
-    state.source_name = job.source_name
-    state.activity = "Fitting" if job.kind == "fit" else "Resampling"
+    state.running = lead is not None
     workspace = getattr(context, "workspace", None)
+    if lead is None:
+        if workspace is not None and not bpy.app.background:
+            workspace.status_text_set(None)
+        _redraw(context)
+        return
+    more = f" (+{len(in_flight) - 1} more)" if len(in_flight) > 1 else ""
+    state.progress = lead.progress
+    state.status_text = lead.status_text + more
+    state.source_name = lead.source_name
+    state.activity = "Fitting" if lead.kind == "fit" else "Resampling"
     if bpy.app.background:
-        operators._print_progress(job)
+        operators._print_progress(lead)
     elif workspace is not None:
-        workspace.status_text_set(f"Neural Fields: {state.activity.lower()} {job.source_name}: "
-                                  f"{job.status_text}  (Esc to cancel)")
+        workspace.status_text_set(f"Neural Fields: {state.activity.lower()} {lead.source_name}: "
+                                  f"{state.status_text}  (Esc to cancel)")
     _redraw(context)
 
 
 def _clear_progress(context, job: ImageJob, status: str, message: str) -> None:
     state = _state(context)
-    state.running = False
-    state.progress = 1.0 if status == "done" else state.progress
-    state.status_text = ""
+    if conversion.lead_job(jobs_in_flight()) is None:
+        state.progress = 1.0 if status == "done" else state.progress
+        state.status_text = ""
     state.last_status = status
     state.last_message = message
     state.last_job_dir = str(job.job_dir)
     if job.result is not None:
         state.last_result_json = conversion.result_json_text(job.result)
     state.last_image = job.new_image_name or ""
-    workspace = getattr(context, "workspace", None)
-    if workspace is not None and not bpy.app.background:
-        workspace.status_text_set(None)
-    _redraw(context)
+    _show_progress(context)   # the next lead job, or nothing running
 
 
 def finish_job(operator, context, job: ImageJob) -> set[str]:
@@ -547,11 +553,17 @@ class _ImageJobOperator:
     def modal(self, context, event):
         job = self._job
         if event.type == 'ESC' and event.value == 'PRESS':
+            if job.finished or job.runner.cancel_requested:
+                return {'PASS_THROUGH'}   # already cancelling: the press is for the next newest job
             job.cancel()
             _show_progress(context, job)
             return {'RUNNING_MODAL'}
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
+        now = time.monotonic()   # every operator sees every timer's events: one tick per interval
+        if now < getattr(self, "_next_tick", 0.0):
+            return {'PASS_THROUGH'}
+        self._next_tick = now + TIMER_INTERVAL * 0.8
         if job.poll(max_messages=MESSAGES_PER_TICK) or job.finished:
             _show_progress(context, job)
         if not job.finished:
@@ -563,13 +575,11 @@ class _ImageJobOperator:
     def cancel(self, context):
         job = getattr(self, "_job", None)
         if job is not None:
-            if not job.runner.keep_running:   # a kept fit goes on: the Jobs panel re-attaches to it
+            # A kept fit goes on (the Jobs panel re-attaches to it); a queued one has no process to keep.
+            if not job.runner.keep_running or job.queued:
                 job.cancel()
             forget(job)
-            _state(context).running = False
-            workspace = getattr(context, "workspace", None)
-            if workspace is not None:
-                workspace.status_text_set(None)
+            _show_progress(context)
         timer = getattr(self, "_timer", None)
         if timer is not None:
             context.window_manager.event_timer_remove(timer)
@@ -577,10 +587,7 @@ class _ImageJobOperator:
 
 
 def _poll_running(cls) -> bool:
-    if active_job() is not None:
-        cls.poll_message_set("A neural image job is already running: wait for it or press Esc to cancel it")
-        return False
-    return True
+    return True   # a job started while others run is queued (fits) or runs beside them (resamples)
 
 
 class NEURALFIELDS_OT_fit_image(_ImageJobOperator, bpy.types.Operator):
@@ -631,7 +638,7 @@ class NEURALFIELDS_OT_resample_image(_ImageJobOperator, bpy.types.Operator):
 
 
 class NEURALFIELDS_OT_cancel_image(bpy.types.Operator):
-    """Stop the running neural image fit or resample"""
+    """Stop every running or queued neural image fit and resample"""
 
     bl_idname = "neural_fields.cancel_image"
     bl_label = "Cancel"
@@ -644,10 +651,9 @@ class NEURALFIELDS_OT_cancel_image(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        job = active_job()
-        if job is not None:
+        for job in reversed(jobs_in_flight()):   # queued ones first: none starts meanwhile
             job.cancel()
-            _show_progress(context, job)
+        _show_progress(context)
         return {'FINISHED'}
 
 
@@ -667,8 +673,7 @@ class NEURALFIELDS_PT_image(bpy.types.Panel):
         column = layout.column()
         column.use_property_split = True
         column.use_property_decorate = False
-        column.enabled = not state.running
-        column.prop(settings, "network")
+        column.prop(settings, "network")   # editable while jobs run: each job snapshots its settings
         column.prop(settings, "preset")
         column.prop(settings, "max_steps")
         column.prop(settings, "seconds")
@@ -695,12 +700,12 @@ class NEURALFIELDS_PT_image(bpy.types.Panel):
             else:
                 box.label(text=f"{state.progress * 100:.0f}%  {state.status_text}")
             box.operator("neural_fields.cancel_image", icon='CANCEL')
-        else:
-            row = layout.row()
-            row.scale_y = 1.5
-            row.operator("neural_fields.fit_image", icon='IMAGE_DATA')
-            row = layout.row()
-            row.operator("neural_fields.resample_image", icon='IMAGE_PLANE')
+        row = layout.row()
+        row.scale_y = 1.5
+        row.operator("neural_fields.fit_image", icon='IMAGE_DATA',
+                     text="Queue Fit Neural Image" if state.running else "Fit Neural Image")
+        row = layout.row()
+        row.operator("neural_fields.resample_image", icon='IMAGE_PLANE')
 
         if state.last_status:
             box = layout.box()

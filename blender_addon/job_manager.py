@@ -33,6 +33,7 @@ Every operator's work is a plain function (``reimport_job``, ``run_reextract``,
 
 from __future__ import annotations
 
+import collections
 import time
 import uuid
 from dataclasses import dataclass
@@ -92,6 +93,16 @@ def running_dirs() -> list[Path]:
             if r.job_dir is not None and r.is_run_command and not r.is_finished]
 
 
+def queued_jobs() -> dict[str, int]:
+    """Job folders whose training waits in this Blender's queue -> how many jobs are ahead of it."""
+    waiting = {}
+    for backend in runner.queued_runners():
+        ahead = backend.jobs_ahead
+        if backend.job_dir is not None and backend.is_run_command and ahead is not None:
+            waiting[str(backend.job_dir)] = ahead
+    return waiting
+
+
 def owned_job_dirs() -> set[str]:
     """Job folders an operator of this session is still handling (it imports their result itself)."""
     owned = {str(job.job_dir) for job in conversion._ACTIVE}
@@ -120,14 +131,16 @@ def list_jobs(context=None, *, fresh: bool = False) -> list[registry.JobInfo]:
     root = jobs_root(context)
     now = time.monotonic()
     if fresh or _LIST_CACHE["root"] != root or now - _LIST_CACHE["at"] > LIST_CACHE_SECONDS:
-        _LIST_CACHE.update(root=root, at=now, jobs=registry.list_jobs(root, running_dirs=running_dirs()))
+        _LIST_CACHE.update(root=root, at=now, jobs=registry.list_jobs(root, running_dirs=running_dirs(),
+                                                                      queued=queued_jobs()))
     return _LIST_CACHE["jobs"]
 
 
 def job_info(job_dir: str | Path) -> registry.JobInfo:
     """The registry's view of one job folder; JobManagerError when it is not one."""
     job_dir = Path(job_dir)
-    info = registry.read_job_info(job_dir, running=str(job_dir) in {str(p) for p in running_dirs()})
+    info = registry.read_job_info(job_dir, running=str(job_dir) in {str(p) for p in running_dirs()},
+                                  queued_ahead=queued_jobs().get(str(job_dir)))
     if info is None:
         raise JobManagerError(f"{job_dir} is not a job folder (no job.json): it may have been deleted. "
                               f"Pick a job in the Jobs list")
@@ -397,8 +410,18 @@ class ManagedTask:
         self.total = 0
         self.status_text = "Starting the backend..."
         self.warnings: list[str] = []
-        self.messages: list[dict[str, Any]] = []
+        self.messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=conversion.MESSAGES_KEPT)
         self.title = "Re-extraction" if kind == "extract" else "Resumed training"
+
+    @property
+    def status_text(self) -> str:
+        if self.runner.is_queued:
+            return f"{self.title}: {conversion.queued_text(self.runner)}"
+        return self._status_text
+
+    @status_text.setter
+    def status_text(self, value: str) -> None:
+        self._status_text = value
 
     @property
     def finished(self) -> bool:
@@ -457,9 +480,8 @@ def active_task() -> ManagedTask | None:
     return None
 
 
-def _check_idle() -> None:
-    if active_task() is not None:
-        raise JobManagerError("A job operation is already running: wait for it or press Esc to cancel it")
+def tasks_in_flight() -> list[ManagedTask]:
+    return [task for task in _ACTIVE if not task.finished]
 
 
 def extract_settings_from_context(context, *, resolution: int = 0, threshold: float | None = None,
@@ -475,8 +497,7 @@ def extract_settings_from_context(context, *, resolution: int = 0, threshold: fl
 
 def start_reextract(context, job_dir: str | Path, settings: ExtractSettings) -> ManagedTask:
     """Run ``extract`` on a job's field (a stopped sdf/occupancy job: its last checkpoint); the
-    new mesh is imported when it ends."""
-    _check_idle()
+    new mesh is imported when it ends. Never queued: it reads a trained field (runner.py)."""
     job_dir = Path(job_dir)
     info = job_info(job_dir)
     if info.task not in registry.EXTRACTABLE_TASKS:
@@ -512,12 +533,12 @@ def start_reextract(context, job_dir: str | Path, settings: ExtractSettings) -> 
 
 
 def start_resume(context, job_dir: str | Path) -> ManagedTask:
-    """Continue a stopped job from its checkpoint (``run --resume``); import like its first run would."""
-    _check_idle()
+    """Continue a stopped job from its checkpoint (``run --resume``); import like its first run would.
+    Queued like any training when every "Jobs at Once" slot is taken."""
     job_dir = Path(job_dir)
     info = job_info(job_dir)
-    if info.running or str(job_dir) in owned_job_dirs():
-        raise JobManagerError(f"The job {job_dir.name} is running already")
+    if info.running or info.queued or str(job_dir) in owned_job_dirs():
+        raise JobManagerError(f"The job {job_dir.name} is running or queued already")
     if info.status == "done":
         raise JobManagerError(f"The job {job_dir.name} finished already: re-import or re-extract it instead")
     if not info.has_resume_point:
@@ -526,6 +547,7 @@ def start_resume(context, job_dir: str | Path) -> ManagedTask:
     base = conversion.settings_from_context(context)
     keep = keep_jobs_on_quit(context)
     args = ["-m", "inr_backend", "run", str(job_dir), "--resume"] + (["--keep-running"] if keep else [])
+    conversion.apply_job_limit(context)
     backend = runner.BackendRunner(keep_running=keep).start(base.python or None, job_dir, args=args)
     note_started(context, job_dir, info.task, info.source)
 
@@ -561,6 +583,11 @@ def stop_job(context, job_dir: str | Path) -> str:
     """Stop a running training: this Blender's own backend through its pipe (`cancel`), one
     started by an earlier Blender (kept running) by a signal. Returns what was done."""
     job_dir = Path(job_dir)
+    for waiting in runner.queued_runners():
+        if waiting.job_dir is not None and Path(waiting.job_dir) == job_dir:
+            waiting.cancel()   # leaves the queue; its operator ends on its next tick
+            _LIST_CACHE["at"] = 0.0
+            return f"Removed {job_dir.name} from the queue: it never started"
     for live in runner.running_runners():
         if live.job_dir is not None and Path(live.job_dir) == job_dir and live.is_run_command:
             live.cancel()
@@ -611,7 +638,7 @@ def delete_job(context, job_dir: str | Path) -> None:
     parent = job_dir.resolve().parent
     root = parent if parent in roots else jobs_root(context)   # anything else is refused by the registry
     try:
-        registry.delete_job(root, job_dir, running_dirs=running_dirs())
+        registry.delete_job(root, job_dir, running_dirs=running_dirs() + [Path(p) for p in queued_jobs()])
     except registry.JobRegistryError as exc:
         raise JobManagerError(str(exc)) from None
     note_finished(job_dir)
@@ -949,14 +976,10 @@ class NEURALFIELDS_OT_job_reimport(_JobOperator, bpy.types.Operator):
 
 
 class _TaskOperator(_JobOperator):
-    """execute(): start, wait, finish (background mode); invoke(): modal on a timer, Esc cancels."""
+    """execute(): start, wait, finish (background mode); invoke(): modal on a timer, Esc cancels.
 
-    @classmethod
-    def poll(cls, context):
-        if active_task() is not None:
-            cls.poll_message_set("A job operation is already running: wait for it or press Esc to cancel it")
-            return False
-        return True
+    Several may run at once (a resume waits in the runner's queue for a slot); the panel's
+    progress always shows the oldest one still going, whoever writes it (no flicker)."""
 
     def start(self, context, job_dir: Path) -> ManagedTask:
         raise NotImplementedError
@@ -971,24 +994,27 @@ class _TaskOperator(_JobOperator):
             self.report({'ERROR'}, str(exc))
             return None
         state = _state(context)
-        state.running, state.progress, state.status_text = True, 0.0, task.status_text
         state.last_status = state.last_message = ""
+        _LIST_CACHE["at"] = 0.0   # the list shows the new job (queued or running) at once
+        self._update(context, task)
         return task
 
-    def _update(self, context, task: ManagedTask) -> None:
+    def _update(self, context, task: ManagedTask | None = None) -> None:
+        in_flight = tasks_in_flight()
+        lead = conversion.lead_job(in_flight)
         state = _state(context)
-        state.progress, state.status_text = task.fraction, task.status_text
+        state.running = lead is not None
+        if lead is not None:
+            more = f" (+{len(in_flight) - 1} more)" if len(in_flight) > 1 else ""
+            state.progress, state.status_text = lead.fraction, lead.status_text + more
         workspace = getattr(context, "workspace", None)
-        if workspace is not None and not bpy.app.background and not task.finished:
-            workspace.status_text_set(f"Neural Fields: {task.status_text}  (Esc to cancel)")
+        if workspace is not None and not bpy.app.background:
+            workspace.status_text_set(None if lead is None else f"Neural Fields: {state.status_text}  (Esc to cancel)")
         _redraw(context)
 
     def _end(self, context, task: ManagedTask) -> set[str]:
         state = _state(context)
-        state.running = False
-        workspace = getattr(context, "workspace", None)
-        if workspace is not None and not bpy.app.background:
-            workspace.status_text_set(None)
+        self._update(context)
         try:
             level, message = task.finish(context)
         except JobManagerError as exc:
@@ -1022,6 +1048,7 @@ class _TaskOperator(_JobOperator):
         if task is None:
             return {'CANCELLED'}
         self._task = task
+        self._next_tick = 0.0
         self._timer = context.window_manager.event_timer_add(TIMER_INTERVAL, window=context.window)
         context.window_manager.modal_handler_add(self)
         return {'RUNNING_MODAL'}
@@ -1029,11 +1056,17 @@ class _TaskOperator(_JobOperator):
     def modal(self, context, event):
         task = self._task
         if event.type == 'ESC' and event.value == 'PRESS':
+            if task.finished or task.runner.cancel_requested:
+                return {'PASS_THROUGH'}   # already cancelling: the press is for the next newest job
             task.cancel()
             self._update(context, task)
             return {'RUNNING_MODAL'}
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
+        now = time.monotonic()   # every operator sees every timer's events: one tick per interval
+        if now < getattr(self, "_next_tick", 0.0):
+            return {'PASS_THROUGH'}
+        self._next_tick = now + TIMER_INTERVAL * 0.8
         if task.poll() or task.finished:
             self._update(context, task)
         if not task.finished:
@@ -1047,11 +1080,11 @@ class _TaskOperator(_JobOperator):
         # followed from the scene's pending note; anything else stops.
         task = getattr(self, "_task", None)
         if task is not None:
-            if not task.runner.keep_running:
+            if not task.runner.keep_running or task.runner.is_queued:
                 task.cancel()
             if task in _ACTIVE:
                 _ACTIVE.remove(task)
-            _state(context).running = False
+            self._update(context)
         timer = getattr(self, "_timer", None)
         if timer is not None:
             context.window_manager.event_timer_remove(timer)
@@ -1093,7 +1126,7 @@ class NEURALFIELDS_OT_job_resume(_TaskOperator, bpy.types.Operator):
 
 
 class NEURALFIELDS_OT_job_cancel(bpy.types.Operator):
-    """Stop the running re-extraction or resumed job"""
+    """Stop every running or queued re-extraction and resumed job started from this panel"""
 
     bl_idname = "neural_fields.job_cancel"
     bl_label = "Cancel"
@@ -1103,8 +1136,7 @@ class NEURALFIELDS_OT_job_cancel(bpy.types.Operator):
         return active_task() is not None
 
     def execute(self, context):
-        task = active_task()
-        if task is not None:
+        for task in reversed(tasks_in_flight()):   # queued ones first: none starts meanwhile
             task.cancel()
         return {'FINISHED'}
 
@@ -1248,8 +1280,8 @@ class NEURALFIELDS_OT_job_open_folder(_JobOperator, bpy.types.Operator):
 
 # --------------------------------------------------------------------------- panel
 
-STATUS_ICONS = {"running": 'TIME', "done": 'CHECKMARK', "failed": 'ERROR', "cancelled": 'CANCEL',
-                "interrupted": 'QUESTION'}
+STATUS_ICONS = {"running": 'TIME', "queued": 'SORTTIME', "done": 'CHECKMARK', "failed": 'ERROR',
+                "cancelled": 'CANCEL', "interrupted": 'QUESTION'}
 TASK_LABELS = {"sdf": "SDF", "occupancy": "Occupancy", "nerf": "NeRF", "image": "Image"}
 
 
@@ -1322,12 +1354,14 @@ def _draw_job(layout, info, settings, state):
     if info.running:
         _progress_bar(box, info.progress, f"{info.progress * 100:.0f}%")
         box.operator(NEURALFIELDS_OT_job_stop.bl_idname, icon='CANCEL').job = str(info.path)
+    elif info.queued:
+        box.operator(NEURALFIELDS_OT_job_stop.bl_idname, icon='CANCEL', text="Remove from Queue").job = str(info.path)
     if info.outputs:
         box.label(text="Outputs: " + ", ".join(info.outputs[:6]) + (" ..." if len(info.outputs) > 6 else ""))
     packed = packed_images().get(info.name)
     if packed is not None and packed.packed_file is not None:
         box.label(text=f"Packed in this .blend: {registry.format_size(packed.packed_file.size)}", icon='PACKAGE')
-    busy = state.running
+    busy = info.running or info.queued   # this job itself; other jobs running or queued do not block it
     column = box.column(align=True)
     column.enabled = not busy
     job = str(info.path)
@@ -1356,7 +1390,7 @@ def _draw_job(layout, info, settings, state):
     pack.enabled = info.has_checkpoint and not info.running
     pack.operator(NEURALFIELDS_OT_job_pack.bl_idname, icon='PACKAGE').job = job
     delete = row.row(align=True)
-    delete.enabled = not info.running
+    delete.enabled = not info.running and not info.queued
     delete.operator(NEURALFIELDS_OT_job_delete.bl_idname, icon='TRASH', text="Delete").job = job
 
 

@@ -9,6 +9,7 @@ summary of a file is cached by its size and modification time.
 Status, in this order:
 
 * ``running``: backend.pid names a live backend process (or the caller says it runs one);
+* ``queued``: the caller's job queue holds it (written, waiting for a free slot; runner.py);
 * result.json's status (``done``, ``failed``, ``cancelled``);
 * ``interrupted``: neither (the backend was killed, or Blender crashed without a result).
 
@@ -43,6 +44,7 @@ TAIL_BYTES = 64 * 1024          # one read from the end of events.jsonl; ~500 me
 DEEP_TAIL_BYTES = 1024 * 1024   # read once more this far back when the short tail had no training progress
 
 STATUS_RUNNING = "running"
+STATUS_QUEUED = "queued"
 STATUS_INTERRUPTED = "interrupted"
 RESUMABLE_STATUSES = ("failed", "cancelled", "interrupted")
 RESUMABLE_TASKS = ("sdf", "occupancy", "image", "nerf")
@@ -107,6 +109,10 @@ class JobInfo:
         return self.status == STATUS_RUNNING
 
     @property
+    def queued(self) -> bool:
+        return self.status == STATUS_QUEUED
+
+    @property
     def resumable(self) -> bool:
         """A stopped run that `run --resume` can continue: it left a checkpoint."""
         return self.status in RESUMABLE_STATUSES and self.has_resume_point and self.task in RESUMABLE_TASKS
@@ -115,22 +121,25 @@ class JobInfo:
     def extractable(self) -> bool:
         """A field a new mesh can be extracted from: a finished one, or (sdf, occupancy) the last
         resume checkpoint of a stopped one (the backend says so with a warning)."""
-        if self.task not in EXTRACTABLE_TASKS or self.running:
+        if self.task not in EXTRACTABLE_TASKS or self.running or self.queued:
             return False
         if self.status == "done" and self.has_field:
             return True
         return self.task in ("sdf", "occupancy") and self.has_resume_point
 
 
-def list_jobs(jobs_root: str | os.PathLike, *, running_dirs: Iterable[str | os.PathLike] = ()) -> list[JobInfo]:
+def list_jobs(jobs_root: str | os.PathLike, *, running_dirs: Iterable[str | os.PathLike] = (),
+              queued: dict | None = None) -> list[JobInfo]:
     """Every job folder directly under ``jobs_root``, newest first ([] when the root is missing).
 
     ``running_dirs``: job folders this process runs a backend in (counted as running even
-    before the backend wrote backend.pid). Hidden folders (a job being written, a job being
-    deleted) are skipped.
+    before the backend wrote backend.pid). ``queued``: job folder -> how many jobs are ahead
+    of it in this process's queue. Hidden folders (a job being written, a job being deleted)
+    are skipped.
     """
     root = Path(jobs_root)
     running = {_key(path) for path in running_dirs}
+    waiting = {_key(path): ahead for path, ahead in (queued or {}).items()}
     infos = []
     try:
         entries = list(os.scandir(root))
@@ -139,15 +148,18 @@ def list_jobs(jobs_root: str | os.PathLike, *, running_dirs: Iterable[str | os.P
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
             continue
-        info = read_job_info(entry.path, running=_key(entry.path) in running)
+        info = read_job_info(entry.path, running=_key(entry.path) in running,
+                             queued_ahead=waiting.get(_key(entry.path)))
         if info is not None:
             infos.append(info)
     infos.sort(key=lambda info: (info.created, info.name), reverse=True)
     return infos
 
 
-def read_job_info(job_dir: str | os.PathLike, *, running: bool = False, now: float | None = None) -> JobInfo | None:
-    """The summary of one job folder, or None when it holds no job.json."""
+def read_job_info(job_dir: str | os.PathLike, *, running: bool = False, queued_ahead: int | None = None,
+                  now: float | None = None) -> JobInfo | None:
+    """The summary of one job folder, or None when it holds no job.json. ``queued_ahead``: not
+    None when the job waits in this process's queue, with that many jobs ahead of it."""
     job_dir = Path(job_dir)
     job_file = job_dir / protocol.JOB_FILE
     try:
@@ -168,6 +180,8 @@ def read_job_info(job_dir: str | os.PathLike, *, running: bool = False, now: flo
     summary = events_summary(job_dir / protocol.EVENTS_FILE)
     if running:
         info.status = STATUS_RUNNING
+    elif queued_ahead is not None:   # before result.json: a queued resume still has its earlier run's result
+        info.status = STATUS_QUEUED
     elif result is not None:
         info.status = result["status"]
         info.result = result
@@ -179,6 +193,8 @@ def read_job_info(job_dir: str | os.PathLike, *, running: bool = False, now: flo
         reason = _result_reason(result)
         if reason:
             info.message = reason
+    if info.status == STATUS_QUEUED:
+        info.message = f"Queued ({queued_ahead} ahead)"
     if info.status == STATUS_INTERRUPTED and not info.message:
         info.message = "No backend and no result: it was stopped before it started or finished"
     elif info.status == STATUS_INTERRUPTED:

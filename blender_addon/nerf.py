@@ -203,6 +203,18 @@ class BackendTask:
         self.total = 0
 
     @property
+    def status_text(self) -> str:
+        """What the panel says: "NeRF training: Queued (n ahead)" while the runner waits for a slot."""
+        if self.runner.is_queued:
+            from . import conversion
+            return f"{self.title}: {conversion.queued_text(self.runner)}"
+        return self._status_text
+
+    @status_text.setter
+    def status_text(self, value: str) -> None:
+        self._status_text = value
+
+    @property
     def finished(self) -> bool:
         return self.runner.is_finished
 
@@ -473,14 +485,13 @@ def dataset_folder(context, override: str = "") -> str:
     return bpy.path.abspath(chosen) if chosen else capture_folder(context)
 
 
-def _check_idle() -> None:
-    if active_task() is not None:
-        raise NerfError("A NeRF job is already running: wait for it or press Esc to cancel it")
+def tasks_in_flight() -> list["BackendTask"]:
+    return [task for task in _ACTIVE if not task.finished]
 
 
 def start_training(context, dataset_override: str = "") -> tuple[TrainTask, list[str]]:
-    """Check the dataset, write the job, start the backend. Returns the task and the coverage warnings."""
-    _check_idle()
+    """Check the dataset, write the job, start the backend (or queue it behind the running
+    trainings: runner.py). Returns the task and the coverage warnings."""
     settings = _settings(context)
     explicit = bool(dataset_override or settings.dataset_dir)
     folder = dataset_folder(context, dataset_override)
@@ -508,6 +519,7 @@ def start_training(context, dataset_override: str = "") -> tuple[TrainTask, list
     except OSError as exc:
         raise NerfError(f"Cannot write the job folder under {jobs_root}: {exc}") from None
     from . import conversion
+    conversion.apply_job_limit(context)
     backend = runner.BackendRunner(keep_running=conversion.keep_jobs_on_quit(context)).start(python or None, job_dir)
     task = TrainTask(job_dir, backend, nerf_jobs.job_label(job_dir))
     _ACTIVE.append(task)
@@ -540,7 +552,7 @@ def camera_frame(camera, scene):
 
 
 def start_render(context, animation: bool = False) -> RenderTask:
-    _check_idle()
+    """Never queued (a render reads a trained field: runner.py); may run beside trainings."""
     scene = context.scene
     settings = _settings(context)
     active_camera(context)
@@ -583,7 +595,6 @@ def start_render(context, animation: bool = False) -> RenderTask:
 
 
 def start_extract(context, resolution: int = 0, threshold: float = 0.0) -> ExtractTask:
-    _check_idle()
     settings = _settings(context)
     job_dir = trained_job(context)
     python, device, _root = _backend_settings(context)
@@ -606,14 +617,10 @@ def start_extract(context, resolution: int = 0, threshold: float = 0.0) -> Extra
 
 
 class _BackendOperator:
-    """execute(): start, wait, finish (background mode); invoke(): the same, modal on a timer."""
+    """execute(): start, wait, finish (background mode); invoke(): the same, modal on a timer.
 
-    @classmethod
-    def poll(cls, context):
-        if active_task() is not None:
-            cls.poll_message_set("A NeRF job is running: wait for it or press Esc to cancel it")
-            return False
-        return True
+    Several may be in flight (a training queued behind others, a render beside a training);
+    the panel's progress state always shows the oldest one going, whoever writes it (no flicker)."""
 
     def start(self, context) -> BackendTask:
         raise NotImplementedError
@@ -630,33 +637,35 @@ class _BackendOperator:
         for warning in getattr(self, "_warnings", []):
             self.report({'WARNING'}, warning)
         state.last_warnings = "\n".join(getattr(self, "_warnings", []))
-        state.running = True
-        state.task = task.kind
-        state.progress = 0.0
-        state.status_text = task.status_text
-        state.loss = state.psnr = -1.0
         state.last_status = state.last_message = ""
+        if task.runner.is_queued:
+            self.report({'INFO'}, task.status_text)
+        self._update(context, task)
         return task
 
-    def _update(self, context, task: BackendTask) -> None:
+    def _update(self, context, task: BackendTask | None = None) -> None:
+        """Show the lead task (the oldest one going), whichever task's operator asks: no flicker."""
+        from . import conversion
+        in_flight = tasks_in_flight()
+        lead = conversion.lead_job(in_flight)
         state = _state(context)
-        state.progress = task.fraction
-        state.status_text = task.status_text
-        if isinstance(task, TrainTask):
-            state.loss = task.progress.loss if task.progress.loss is not None else -1.0
-            state.psnr = task.progress.psnr if task.progress.psnr is not None else -1.0
+        state.running = lead is not None
+        state.task = lead.kind if lead is not None else ""
+        if lead is not None:
+            more = f" (+{len(in_flight) - 1} more)" if len(in_flight) > 1 else ""
+            state.progress = lead.fraction
+            state.status_text = lead.status_text + more
+            trains = isinstance(lead, TrainTask)
+            state.loss = lead.progress.loss if trains and lead.progress.loss is not None else -1.0
+            state.psnr = lead.progress.psnr if trains and lead.progress.psnr is not None else -1.0
         workspace = getattr(context, "workspace", None)
-        if workspace is not None and not bpy.app.background and not task.finished:
-            workspace.status_text_set(f"Neural Fields: {task.status_text}  (Esc to cancel)")
+        if workspace is not None and not bpy.app.background:
+            workspace.status_text_set(None if lead is None else f"Neural Fields: {state.status_text}  (Esc to cancel)")
         _redraw(context)
 
     def _end(self, context, task: BackendTask) -> set[str]:
         state = _state(context)
-        state.running = False
-        state.task = ""
-        workspace = getattr(context, "workspace", None)
-        if workspace is not None and not bpy.app.background:
-            workspace.status_text_set(None)
+        self._update(context)
         try:
             level, message = task.finish(context)
         except NerfError as exc:
@@ -689,6 +698,7 @@ class _BackendOperator:
         if task is None:
             return {'CANCELLED'}
         self._task = task
+        self._next_tick = 0.0
         window_manager = context.window_manager
         self._timer = window_manager.event_timer_add(TIMER_INTERVAL, window=context.window)
         window_manager.modal_handler_add(self)
@@ -697,11 +707,17 @@ class _BackendOperator:
     def modal(self, context, event):
         task = self._task
         if event.type == 'ESC' and event.value == 'PRESS':
+            if task.finished or task.runner.cancel_requested:
+                return {'PASS_THROUGH'}   # already cancelling: the press is for the next newest job
             task.cancel()
             self._update(context, task)
             return {'RUNNING_MODAL'}
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
+        now = time.monotonic()   # every operator sees every timer's events: one tick per interval
+        if now < getattr(self, "_next_tick", 0.0):
+            return {'PASS_THROUGH'}
+        self._next_tick = now + TIMER_INTERVAL * 0.8
         if task.poll(context) or task.finished:
             self._update(context, task)
         if not task.finished:
@@ -714,11 +730,12 @@ class _BackendOperator:
     def cancel(self, context):
         task = getattr(self, "_task", None)
         if task is not None:
-            if not task.runner.keep_running:   # a kept training goes on: the Jobs panel re-attaches to it
+            # A kept training goes on (the Jobs panel re-attaches to it); a queued one has no process to keep.
+            if not task.runner.keep_running or task.runner.is_queued:
                 task.cancel()
             if task in _ACTIVE:
                 _ACTIVE.remove(task)
-            _state(context).running = False
+            self._update(context)
         timer = getattr(self, "_timer", None)
         if timer is not None:
             context.window_manager.event_timer_remove(timer)
@@ -779,7 +796,7 @@ class NEURALFIELDS_OT_extract_nerf_mesh(_BackendOperator, bpy.types.Operator):
 
 
 class NEURALFIELDS_OT_cancel_nerf(bpy.types.Operator):
-    """Stop the running NeRF job"""
+    """Stop every running or queued NeRF job (training, render, extraction)"""
 
     bl_idname = "neural_fields.cancel_nerf"
     bl_label = "Cancel"
@@ -789,8 +806,7 @@ class NEURALFIELDS_OT_cancel_nerf(bpy.types.Operator):
         return active_task() is not None
 
     def execute(self, context):
-        task = active_task()
-        if task is not None:
+        for task in reversed(tasks_in_flight()):   # queued ones first: none starts meanwhile
             task.cancel()
         return {'FINISHED'}
 
@@ -815,8 +831,7 @@ class NEURALFIELDS_PT_nerf(bpy.types.Panel):
         column = layout.column()
         column.use_property_split = True
         column.use_property_decorate = False
-        column.enabled = not state.running
-        column.prop(settings, "dataset_dir")
+        column.prop(settings, "dataset_dir")   # editable while jobs run: each job snapshots its settings
         if not settings.dataset_dir:
             column.label(text="Using the most recent capture", icon='INFO')
         column.prop(settings, "preset")
@@ -834,10 +849,10 @@ class NEURALFIELDS_PT_nerf(bpy.types.Panel):
                 row.label(text=f"Loss {state.loss:.4g}" if state.loss >= 0 else "Loss -")
                 row.label(text=f"PSNR {state.psnr:.2f} dB" if state.psnr >= 0 else "PSNR -")
             box.operator(NEURALFIELDS_OT_cancel_nerf.bl_idname, icon='CANCEL')
-        else:
-            row = layout.row()
-            row.scale_y = 1.4
-            row.operator(NEURALFIELDS_OT_train_nerf.bl_idname, icon='OUTLINER_OB_CAMERA')
+        row = layout.row()
+        row.scale_y = 1.4
+        row.operator(NEURALFIELDS_OT_train_nerf.bl_idname, icon='OUTLINER_OB_CAMERA',
+                     text="Queue Train NeRF" if state.running else "Train NeRF")
 
         image = bpy.data.images.get(state.preview_image) if state.preview_image else None
         if image is not None:
@@ -868,7 +883,6 @@ class NEURALFIELDS_PT_nerf(bpy.types.Panel):
                 grid.label(text=value)
 
         column = layout.column()
-        column.enabled = not state.running
         column.use_property_split = True
         column.use_property_decorate = False
         column.prop(settings, "job_dir")

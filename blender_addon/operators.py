@@ -1,8 +1,21 @@
 """Operators: Mesh to Neural Field (SDF or occupancy; modal in the UI, synchronous in background mode) and Cancel.
 
 Both modes run the same functions from ``conversion``: start_conversion -> ConversionJob.poll /
-wait -> ConversionJob.finish. The modal path drains a bounded number of messages per timer
-tick, so Blender never freezes while the backend trains.
+wait -> ConversionJob.finish. The modal path runs ``timer_tick`` on every timer event: it
+drains a bounded number of messages, so Blender never freezes while the backend trains,
+however fast the backend prints.
+
+Several conversions at once: pressing the button again while a conversion runs queues a new
+job (the mesh is exported and the job folder written at once; the runner starts its backend
+when one of the "Jobs at Once" slots frees). Each job has its own modal operator. The
+sidebar's progress state always shows the *lead* job (the oldest running one) and counts the
+rest, whichever job's operator writes it, so it does not flicker between jobs.
+
+Esc: Blender hands an event to the newest modal handler first, so Esc cancels the newest
+conversion still going (the last one queued); its operator consumes that press. An operator
+whose job is already cancelling passes Esc on, so each further press cancels the next newest
+job. The panel's Cancel All button cancels every conversion; each queued row has its own X,
+and the Jobs panel's Stop stops one job.
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ from __future__ import annotations
 import time
 
 import bpy
+from bpy.props import StringProperty
 
 from . import conversion
 from .conversion import ConversionError
@@ -35,17 +49,30 @@ def _redraw_sidebars(context) -> None:
                         region.tag_redraw()
 
 
-def _show_progress(context, job: conversion.ConversionJob) -> None:
+def _show_progress(context, job: conversion.ConversionJob | None = None) -> None:
+    """Write the panel's progress state from the lead job, whichever job asks (``job`` is
+    unused but says who asked): the display never flickers between jobs."""
+    in_flight = conversion.jobs_in_flight()
+    lead = conversion.lead_job(in_flight)
     state = _state(context)
-    state.running = not job.finished
-    state.progress = job.progress
-    state.status_text = job.status_text
-    state.source_name = job.source_name
+    state.running = lead is not None
+    state.queued_count = sum(1 for other in in_flight if other.queued)
+    state.running_count = len(in_flight) - state.queued_count
+    if lead is not None:
+        state.progress = lead.progress
+        state.status_text = lead.status_text
+        state.source_name = lead.source_name
     workspace = getattr(context, "workspace", None)
     if bpy.app.background:
-        _print_progress(job)
+        if lead is not None:
+            _print_progress(lead)
     elif workspace is not None:
-        workspace.status_text_set(f"Neural Fields: {job.source_name}: {job.status_text}  (Esc to cancel)")
+        if lead is None:
+            workspace.status_text_set(None)
+        else:
+            others = len(in_flight) - 1
+            more = f"  (+{others} more)" if others else ""
+            workspace.status_text_set(f"Neural Fields: {lead.source_name}: {lead.status_text}{more}  (Esc to cancel)")
     _redraw_sidebars(context)
 
 
@@ -61,19 +88,17 @@ def _print_progress(job: conversion.ConversionJob, interval: float = 5.0) -> Non
 
 
 def _clear_progress(context, job: conversion.ConversionJob, status: str, message: str) -> None:
+    """``job`` ended: it becomes the panel's last result; the progress moves to the next lead job."""
     state = _state(context)
-    state.running = False
-    state.progress = 1.0 if status == "done" else state.progress
-    state.status_text = ""
     state.last_status = status
     state.last_message = message
     state.last_job_dir = str(job.job_dir)
     if job.result is not None:
         state.last_result_json = conversion.result_json_text(job.result)
-    workspace = getattr(context, "workspace", None)
-    if workspace is not None and not bpy.app.background:
-        workspace.status_text_set(None)
-    _redraw_sidebars(context)
+    if conversion.lead_job() is None:
+        state.progress = 1.0 if status == "done" else state.progress
+        state.status_text = ""
+    _show_progress(context)
 
 
 def finish_job(operator, context, job: conversion.ConversionJob) -> set[str]:
@@ -96,8 +121,17 @@ def finish_job(operator, context, job: conversion.ConversionJob) -> set[str]:
     return {'FINISHED'}
 
 
+def timer_tick(context, job: conversion.ConversionJob) -> bool:
+    """What the modal operator does on one timer event: drain at most MESSAGES_PER_TICK of the
+    job's messages and, when there were any, refresh the panel (from the lead job). True once the job is
+    finished. No file is read here: the runner's reader thread already parsed the messages."""
+    if job.poll(max_messages=MESSAGES_PER_TICK) or job.finished:
+        _show_progress(context, job)
+    return job.finished
+
+
 class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
-    """Train a neural field (signed distance or occupancy, the panel's Representation) on the active mesh (modifiers applied) and add the mesh extracted from it"""
+    """Train a neural field (signed distance or occupancy, the panel's Representation) on the active mesh (modifiers applied) and add the mesh extracted from it. Pressed while conversions run, it queues one more"""
 
     bl_idname = "neural_fields.mesh_to_sdf"  # the name since 0.1.0, when SDF was the only representation
     bl_label = "Mesh to Neural Field"
@@ -106,8 +140,6 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         problem = conversion.object_problem(context.active_object)
-        if problem is None and conversion.active_job() is not None:
-            problem = "A conversion is already running: wait for it or press Esc to cancel it"
         if problem:
             cls.poll_message_set(problem)
             return False
@@ -119,6 +151,8 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
         except ConversionError as exc:
             self.report({'ERROR'}, str(exc))
             return None
+        if job.queued:
+            self.report({'INFO'}, f"{job.label} of '{job.source_name}': {job.status_text}")
         _show_progress(context, job)
         return job
 
@@ -136,6 +170,7 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
         if job is None:
             return {'CANCELLED'}
         self._job = job
+        self._next_tick = 0.0
         window_manager = context.window_manager
         self._timer = window_manager.event_timer_add(TIMER_INTERVAL, window=context.window)
         window_manager.modal_handler_add(self)
@@ -144,14 +179,21 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
     def modal(self, context, event):
         job = self._job
         if event.type == 'ESC' and event.value == 'PRESS':
+            if job.finished or job.runner.cancel_requested:
+                return {'PASS_THROUGH'}   # already cancelling: this press is for the next newest job
             job.cancel()
             _show_progress(context, job)
             return {'RUNNING_MODAL'}
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
-        if job.poll(max_messages=MESSAGES_PER_TICK) or job.finished:
-            _show_progress(context, job)
-        if not job.finished:
+        # Every modal operator sees every window timer's events (each queued job has a timer,
+        # and Python cannot tell whose timer fired): tick at most once per TIMER_INTERVAL, so
+        # ten jobs cost ten ticks per interval, not a hundred.
+        now = time.monotonic()
+        if now < getattr(self, "_next_tick", 0.0):
+            return {'PASS_THROUGH'}
+        self._next_tick = now + TIMER_INTERVAL * 0.8
+        if not timer_tick(context, job):
             return {'PASS_THROUGH'}
         context.window_manager.event_timer_remove(self._timer)
         self._timer = None
@@ -162,13 +204,10 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
         # A job started to outlive Blender (keep_running) goes on: the Jobs panel re-attaches to it.
         job = getattr(self, "_job", None)
         if job is not None:
-            if not job.runner.keep_running:
+            if not job.runner.keep_running or job.queued:
                 job.cancel()
             conversion.forget(job)
-            _state(context).running = False
-            workspace = getattr(context, "workspace", None)
-            if workspace is not None:
-                workspace.status_text_set(None)
+            _show_progress(context)
         timer = getattr(self, "_timer", None)
         if timer is not None:
             context.window_manager.event_timer_remove(timer)
@@ -176,10 +215,13 @@ class NEURALFIELDS_OT_mesh_to_sdf(bpy.types.Operator):
 
 
 class NEURALFIELDS_OT_cancel(bpy.types.Operator):
-    """Stop the running neural field conversion"""
+    """Stop neural field conversions: every running and queued one, or the one named by Job"""
 
     bl_idname = "neural_fields.cancel"
     bl_label = "Cancel Conversion"
+
+    job: StringProperty(name="Job", default="", options={'SKIP_SAVE'},
+                        description="The job folder of the conversion to cancel. Empty: every conversion")
 
     @classmethod
     def poll(cls, context):
@@ -189,10 +231,13 @@ class NEURALFIELDS_OT_cancel(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        job = conversion.active_job()
-        if job is not None:
+        chosen = [job for job in conversion.jobs_in_flight() if not self.job or str(job.job_dir) == self.job]
+        if not chosen:
+            self.report({'WARNING'}, f"No conversion with the job folder {self.job} is running or queued")
+            return {'CANCELLED'}
+        for job in reversed(chosen):   # the queued ones first, so none of them starts meanwhile
             job.cancel()
-            _show_progress(context, job)
+        _show_progress(context)
         return {'FINISHED'}
 
 

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import backend_setup, compat
 
@@ -243,6 +243,13 @@ class NeuralFieldsPreferences(bpy.types.AddonPreferences):
         subtype='DIR_PATH',
         default="",
     )
+    max_parallel_jobs: IntProperty(
+        name="Jobs at Once",
+        description=("How many trainings (conversions, NeRF and image fits, resumes) run at the same time; more "
+                     "wait in a queue and start when one ends. Renders, extractions and resamples never wait"),
+        default=1, min=1, max=8,
+        update=lambda self, context: _apply_job_limit(self),
+    )
     keep_jobs_on_quit: BoolProperty(
         name="Keep Jobs Running When Blender Quits",
         description=("Off: running jobs stop cleanly when Blender quits. On: they keep running, and Blender "
@@ -306,7 +313,14 @@ class NeuralFieldsPreferences(bpy.types.AddonPreferences):
         if not self.jobs_dir:
             from .conversion import default_jobs_root
             layout.label(text=f"Using: {default_jobs_root()}", icon='INFO')
+        layout.prop(self, "max_parallel_jobs")
         layout.prop(self, "keep_jobs_on_quit")
+
+
+def _apply_job_limit(prefs) -> None:
+    """Jobs at Once changed: the runner's limit follows at once (a raise starts queued jobs now)."""
+    from . import runner
+    runner.set_max_parallel(prefs.max_parallel_jobs)
 
 
 def _draw_progress(layout, task) -> None:
@@ -347,6 +361,11 @@ _register_classes, _unregister_classes = bpy.utils.register_classes_factory(clas
 
 def register():
     _register_classes()
+    try:   # a saved Jobs at Once applies from the start, before any job reads it
+        prefs = bpy.context.preferences.addons[__package__].preferences
+        _apply_job_limit(prefs)
+    except (KeyError, AttributeError):
+        pass
 
 
 def unregister():

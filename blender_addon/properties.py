@@ -59,6 +59,10 @@ class NeuralFieldsState(bpy.types.PropertyGroup):
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype='FACTOR')
     status_text: StringProperty(name="Status", default="")
     source_name: StringProperty(name="Source", default="")
+    running_count: IntProperty(name="Running", default=0, min=0,
+                               description="Conversions whose backend runs now (the progress shows the oldest)")
+    queued_count: IntProperty(name="Queued", default=0, min=0,
+                              description="Conversions waiting for a free slot (preference Jobs at Once)")
     last_status: StringProperty(name="Last Status", default="")
     last_message: StringProperty(name="Last Message", default="")
     last_job_dir: StringProperty(name="Last Job Folder", default="", subtype='DIR_PATH')

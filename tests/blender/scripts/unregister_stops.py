@@ -20,16 +20,15 @@ def main(args):
         time.sleep(0.02)
     alive_before = process.poll() is None
     poll_while_running = bpy.ops.neural_fields.mesh_to_sdf.poll()
-    try:
-        bpy.ops.neural_fields.mesh_to_sdf()
-        second_error = None
-    except RuntimeError as exc:
-        second_error = str(exc)
+    second = conversion.start_conversion(bpy.context, bpy.data.objects["Cube"])  # queued behind the first
+    second_queued = second.queued
     started = time.monotonic()
     common.teardown()  # the user unticks the add-on: unregister()
     stop_seconds = time.monotonic() - started
     return {"pid": process.pid, "alive_before": alive_before, "returncode_after": process.poll(),
-            "stop_seconds": stop_seconds, "poll_while_running": poll_while_running, "second_error": second_error,
+            "stop_seconds": stop_seconds, "poll_while_running": poll_while_running, "second_queued": second_queued,
+            "second_never_started": second.runner.process is None,
+            "second_result_status": conversion.jobs.read_status(second.job_dir)["status"],
             "enabled_after": common.ADDON_MODULE in bpy.context.preferences.addons,
             "result_status": conversion.jobs.read_status(job.job_dir)["status"]}
 
