@@ -564,7 +564,8 @@ class _ImageJobOperator:
         if now < getattr(self, "_next_tick", 0.0):
             return {'PASS_THROUGH'}
         self._next_tick = now + TIMER_INTERVAL * 0.8
-        if job.poll(max_messages=MESSAGES_PER_TICK) or job.finished:
+        from .operators import drain
+        if drain(lambda: job.poll(max_messages=MESSAGES_PER_TICK)) or job.finished:
             _show_progress(context, job)
         if not job.finished:
             return {'PASS_THROUGH'}

@@ -1067,7 +1067,8 @@ class _TaskOperator(_JobOperator):
         if now < getattr(self, "_next_tick", 0.0):
             return {'PASS_THROUGH'}
         self._next_tick = now + TIMER_INTERVAL * 0.8
-        if task.poll() or task.finished:
+        from .operators import drain
+        if drain(task.poll) or task.finished:
             self._update(context, task)
         if not task.finished:
             return {'PASS_THROUGH'}

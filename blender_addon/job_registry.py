@@ -400,15 +400,23 @@ def read_events_tail(path: str | os.PathLike, max_bytes: int = TAIL_BYTES) -> li
     One seek from the end: the cost does not grow with the file. The first line of the window
     is dropped when it was cut in the middle; lines that are not messages are skipped.
     """
+    messages = list(_tail_messages_newest_first(path, max_bytes))
+    messages.reverse()
+    return messages
+
+
+def _tail_messages_newest_first(path: str | os.PathLike, max_bytes: int):
+    """The messages of the last ``max_bytes`` of an events file, newest first, each line parsed
+    only when the caller asks for it: a summary usually needs the last two or three lines of
+    a window of ~500 (parsing them all cost ~1.8 ms a job folder, too much for a panel redraw)."""
     try:
         data, cut = protocol.read_tail(path, max_bytes)
     except OSError:
-        return []
+        return
     lines = data.split(b"\n")
     if cut:
         lines = lines[1:]   # (probably) a partial line
-    messages = []
-    for line in lines:
+    for line in reversed(lines):
         line = line.strip()
         if not line:
             continue
@@ -417,8 +425,7 @@ def read_events_tail(path: str | os.PathLike, max_bytes: int = TAIL_BYTES) -> li
         except ValueError:
             continue
         if isinstance(message, dict) and isinstance(message.get("type"), str):
-            messages.append(message)
-    return messages
+            yield message
 
 
 @dataclass
@@ -450,20 +457,23 @@ def events_summary(path: str | os.PathLike) -> EventSummary:
     cached = _SUMMARY_CACHE.get(key)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    messages = read_events_tail(path)
-    summary = summarize(messages)
+    summary = _summarize_newest_first(_tail_messages_newest_first(path, TAIL_BYTES))
     if summary.total == 0 and stat.st_size > TAIL_BYTES:  # a long phase of heartbeats: look further back
-        deeper = summarize(read_events_tail(path, DEEP_TAIL_BYTES))
+        deeper = _summarize_newest_first(_tail_messages_newest_first(path, DEEP_TAIL_BYTES))
         summary.step, summary.total = deeper.step, deeper.total
     _SUMMARY_CACHE[key] = (signature, summary)
     return summary
 
 
 def summarize(messages: list[dict[str, Any]]) -> EventSummary:
-    """Walk the messages from the newest back to the last training progress."""
+    """Walk the messages (oldest first) from the newest back to the last training progress."""
+    return _summarize_newest_first(reversed(messages))
+
+
+def _summarize_newest_first(messages: Iterable[dict[str, Any]]) -> EventSummary:
     summary = EventSummary()
     phase_text = ""   # a heartbeat only says which phase runs: used when nothing newer says more
-    for message in reversed(messages):
+    for message in messages:
         kind = message.get("type")
         if summary.elapsed is None and isinstance(message.get("elapsed"), (int, float)):
             summary.elapsed = float(message["elapsed"])

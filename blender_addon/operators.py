@@ -30,6 +30,10 @@ from .conversion import ConversionError
 
 TIMER_INTERVAL = 0.1
 MESSAGES_PER_TICK = 50
+# A tick drains batches of MESSAGES_PER_TICK until the queue is empty or this much time went
+# by: a backend that prints very fast is caught up with in seconds, not minutes (at 50 a
+# tick, a 100k-message backlog took 2000 ticks: 200 s behind), and a tick stays under 5 ms.
+TICK_BUDGET_S = 0.002
 
 
 def _state(context):
@@ -121,11 +125,25 @@ def finish_job(operator, context, job: conversion.ConversionJob) -> set[str]:
     return {'FINISHED'}
 
 
+def drain(poll, *, budget: float = TICK_BUDGET_S) -> bool:
+    """Call ``poll()`` (which takes one bounded batch of messages and is truthy when it got
+    any) until a batch comes back empty, the job ends, or ``budget`` seconds went by. True when
+    any message came. Shared by every modal operator of the add-on."""
+    deadline = time.perf_counter() + budget
+    got = False
+    while poll():
+        got = True
+        if time.perf_counter() >= deadline:
+            break
+    return got
+
+
 def timer_tick(context, job: conversion.ConversionJob) -> bool:
-    """What the modal operator does on one timer event: drain at most MESSAGES_PER_TICK of the
-    job's messages and, when there were any, refresh the panel (from the lead job). True once the job is
-    finished. No file is read here: the runner's reader thread already parsed the messages."""
-    if job.poll(max_messages=MESSAGES_PER_TICK) or job.finished:
+    """What the modal operator does on one timer event: drain the job's messages in batches of
+    MESSAGES_PER_TICK for at most TICK_BUDGET_S, then, when any came, refresh the panel (from
+    the lead job). True once the job is finished. No file is read here: the runner's reader
+    thread already parsed the messages."""
+    if drain(lambda: job.poll(max_messages=MESSAGES_PER_TICK)) or job.finished:
         _show_progress(context, job)
     return job.finished
 

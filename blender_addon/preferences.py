@@ -217,6 +217,10 @@ class NEURALFIELDS_OT_cancel_backend_task(bpy.types.Operator):
         return {'FINISHED'}
 
 
+def _on_max_parallel_jobs(prefs, _context) -> None:
+    _apply_job_limit(prefs)
+
+
 class NeuralFieldsPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
@@ -248,7 +252,7 @@ class NeuralFieldsPreferences(bpy.types.AddonPreferences):
         description=("How many trainings (conversions, NeRF and image fits, resumes) run at the same time; more "
                      "wait in a queue and start when one ends. Renders, extractions and resamples never wait"),
         default=1, min=1, max=8,
-        update=lambda self, context: _apply_job_limit(self),
+        update=_on_max_parallel_jobs,
     )
     keep_jobs_on_quit: BoolProperty(
         name="Keep Jobs Running When Blender Quits",
