@@ -13,7 +13,12 @@ know when to press keys with xdotool) and, at the end, ``result.json``, then qui
    operator, as a click on the panel's button runs it), screenshot mid-training and after
    the import, timing the gaps between timer ticks meanwhile;
 3. start a second, endless run; once it trains, ask the test for a real Esc key press and
-   check that the job ends cancelled, adds nothing, and leaves no backend process.
+   check that the job ends cancelled, adds nothing, and leaves no backend process;
+4. press the operator three times in a row (Jobs at Once = 1: one runs, two wait); once the
+   first trains, ask for another Esc: it cancels the newest job (queued, so its backend never
+   starts); the other two run one after the other and are imported.
+
+Every modal tick's cost (``operators.timer_tick``, wrapped) is timed throughout.
 
 Runs in Debian's Blender 3.4 (system Python 3.11): standard library and bpy only.
 """
@@ -38,6 +43,8 @@ status = {"phase": "starting", "log": []}
 result = {"ticks": {}, "screenshots": {}}
 state_machine = {"phase": "setup", "phase_started": time.monotonic(), "panel_draws": 0}
 tick_times = []
+tick_costs = []      # seconds each real modal tick (operators.timer_tick) took
+queue_jobs = []      # the ConversionJobs of phase 4
 
 
 def write_json(name, data):
@@ -166,6 +173,18 @@ def setup():
         original_draw(self, context)
 
     panel.draw = counting_draw
+    # Time what each modal tick runs: modal() looks timer_tick up in its module on every call.
+    operators = sys.modules[f"{MODULE}.operators"]
+    original_tick = operators.timer_tick
+
+    def timed_tick(context, job):
+        started = time.perf_counter()
+        try:
+            return original_tick(context, job)
+        finally:
+            tick_costs.append(time.perf_counter() - started)
+
+    operators.timer_tick = timed_tick
     area.tag_redraw()
     sidebar = regions['UI']
     # X11 coordinates (origin top left) of a point on the sidebar's tab strip (its right edge,
@@ -284,15 +303,80 @@ def backend_exit():
     """The job is over once "done" arrives; the process may take a moment longer to exit."""
     if not pid_alive(result["run2_pid"]):
         result["run2_backend_exit_seconds"] = phase_age()
-        set_phase("done")
+        set_phase("queue_start")
     elif phase_age() > 30:
         result["run2_backend_exit_seconds"] = None
-        set_phase("done")
+        set_phase("queue_start")
+
+
+def conversion_module():
+    return sys.modules[f"{MODULE}.conversion"]
+
+
+def queue_start():
+    if phase_age() < 1.0:
+        return
+    result["tick_cost_before_queue"] = len(tick_costs)
+    settings = bpy.context.scene.neural_fields
+    settings.max_steps = ARGS.get("queue_steps", 20)
+    settings.resolution = ARGS.get("queue_resolution", 32)
+    select_only(bpy.data.objects[result["source"]])
+    result["objects_before_queue"] = object_names()
+    result["queue_invoke"] = [run_operator() for _ in range(3)]   # three presses in a row
+    queue_jobs[:] = conversion_module().jobs_in_flight()
+    state = addon_state()
+    result["queue_after_presses"] = {"jobs": len(queue_jobs), "queued": [job.queued for job in queue_jobs],
+                                     "texts": [job.status_text for job in queue_jobs],
+                                     "running_count": state.running_count, "queued_count": state.queued_count}
+    set_phase("queue_wait_training")
+
+
+def queue_wait_training():
+    first = queue_jobs[0]
+    if first.finished:
+        raise RuntimeError(f"the first queued job ended before training: {first.status}")
+    if first.step > 0:
+        result["queue_dirs"] = [str(job.job_dir) for job in queue_jobs]
+        set_phase("need_escape_queue", job_dir=result["queue_dirs"][-1])
+    elif phase_age() > 120:
+        raise RuntimeError("the first queued job never reported a training step")
+
+
+def need_escape_queue():
+    newest = queue_jobs[-1]
+    if not newest.finished:
+        if phase_age() > 60:
+            raise RuntimeError("Esc was not seen within 60 s: the newest job is still waiting")
+        return
+    result["queue_escape"] = {"newest_status": newest.status, "newest_ever_started": newest.runner.process is not None,
+                              "others_finished": [job.finished for job in queue_jobs[:-1]],
+                              "others_cancel_requested": [job.runner.cancel_requested for job in queue_jobs[:-1]],
+                              "seconds": phase_age()}
+    set_phase("queue_running")
+
+
+def queue_running():
+    if any(not job.finished for job in queue_jobs) or conversion_module().jobs_in_flight():
+        if phase_age() > 240:
+            raise RuntimeError(f"the queued jobs did not finish: {[job.status_text for job in queue_jobs]}")
+        return
+    if phase_age() < 1.0 and "queue_end" not in result:
+        return
+    state = addon_state()
+    result["queue_end"] = {"statuses": [job.status for job in queue_jobs],
+                           "objects_after": object_names(), "running": state.running,
+                           "last_status": state.last_status, "last_message": state.last_message}
+    result["queue_spans"] = {str(job.job_dir): [job.runner.started_at, job.runner.queued_at] for job in queue_jobs}
+    costs = sorted(value * 1000.0 for value in tick_costs)
+    result["tick_cost_ms"] = {"count": len(costs), "median": costs[len(costs) // 2],
+                              "p95": costs[int(0.95 * (len(costs) - 1))], "max": costs[-1]}
+    set_phase("done")
 
 
 PHASES = {"setup": setup, "need_tab": need_tab, "tab_ok": tab_ok, "run1": run1,
           "run2_waiting_for_training": run2_waiting_for_training, "need_escape": need_escape,
-          "backend_exit": backend_exit}
+          "backend_exit": backend_exit, "queue_start": queue_start, "queue_wait_training": queue_wait_training,
+          "need_escape_queue": need_escape_queue, "queue_running": queue_running}
 
 
 def quit_blender():
