@@ -249,3 +249,23 @@ def test_short_commands_bypass_the_limit(fake, tmp_path):
     training.cancel()
     drain_all([training, extract])
     assert extract.status == "done"
+
+
+def test_the_jobs_list_shows_queued_jobs(fake, tmp_path):
+    from blender_addon import job_registry as registry
+    root = tmp_path / "jobs"
+    running = submit(fake, root / "running", mode="wait")
+    waiting = submit(fake, root / "waiting")
+    for job_dir in (root / "running", root / "waiting"):
+        (job_dir / protocol.JOB_FILE).write_text('{"schema_version": 1, "task": "sdf", "source": {"object": "X"}}')
+    queued = {str(b.job_dir): b.jobs_ahead for b in runner.queued_runners()}
+    infos = {info.name: info for info in registry.list_jobs(root, running_dirs=[running.job_dir], queued=queued)}
+    assert infos["running"].status == "running"
+    info = infos["waiting"]
+    assert info.status == "queued" and info.queued and info.message == "Queued (1 ahead)"
+    assert not info.resumable and not info.extractable and not info.running
+    waiting.cancel()
+    running.cancel()
+    drain_all([running, waiting])
+    info = registry.read_job_info(root / "waiting")
+    assert info.status == "cancelled" and "never ran" in info.message   # not "interrupted"
