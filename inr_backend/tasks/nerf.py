@@ -57,6 +57,7 @@ class NerfTrainConfig:
     preview_seconds: float = 10.0         # period of preview renders (0: none)
     preview_size: int = 256               # longest side of the preview image
     mixed_precision: bool = False         # CUDA: the MLPs in bfloat16 (autocast); the hash grid stays float32
+    cuda_graph: bool = True               # CUDA, fast model: replay each step as one CUDA graph (NerfTrainer)
 
 
 @dataclass
@@ -332,9 +333,10 @@ class NerfModel(torch.nn.Module):
         return int(math.ceil(2.0 * math.sqrt(3.0) / self.config.render.step_size)) + 1
 
     def render(self, origins, dirs, *, training: bool, generator=None, normals: bool = False,
-               capacity: int | None = None) -> dict:
+               capacity: int | None = None, jitter: torch.Tensor | None = None) -> dict:
         """Rays (R, 3) -> rendered dict (rgb premultiplied, opacity, depth as ray distance).
-        capacity: the sample slots of a packed training batch (default: config's samples_per_batch)."""
+        capacity: the sample slots of a packed training batch (default: config's samples_per_batch).
+        jitter (R,) in [0, 1): the training samples' offset along each ray (default: drawn here)."""
         t_near, t_far = ray_box(origins, dirs, near=0.0)
         render = self.config.render
         if self.config.model == "reference":
@@ -344,7 +346,8 @@ class NerfModel(torch.nn.Module):
             fine["coarse_rgb"], fine["coarse_opacity"] = coarse["rgb"], coarse["opacity"]
             return fine
         if training:
-            jitter = torch.rand(len(origins), device=origins.device, generator=generator)
+            if jitter is None:
+                jitter = torch.rand(len(origins), device=origins.device, generator=generator)
             if not trains_in_fixed_slots(origins.device):
                 return render_rays_marched(self.field, self.grid.is_occupied, origins, dirs, t_near, t_far,
                                            step_size=render.step_size, jitter=jitter, block_steps=None)
@@ -427,10 +430,37 @@ def make_optimizer(model: NerfModel, config: NerfConfig) -> torch.optim.Optimize
         # instant-ngp: Adam with eps 1e-15 and a small weight decay on the MLPs only.
         # On CUDA the fused Adam: one kernel instead of a few per parameter, which matters when
         # the host's launch time is what bounds the step rate.
+        # Capturable (state and learning rate in device tensors) so that a CUDA graph can replay the
+        # step; the eager CUDA step uses the same optimizer, so it stays the graph's exact reference.
+        on_cuda = model.field.encoding.table.is_cuda
+        rate = torch.tensor(config.train.learning_rate, device="cuda") if on_cuda else config.train.learning_rate
         return torch.optim.Adam([{"params": grid_params}, {"params": mlp_params, "weight_decay": 1e-6}],
-                                lr=config.train.learning_rate, betas=(0.9, 0.99), eps=1e-15,
-                                fused=model.field.encoding.table.is_cuda)
+                                lr=rate, betas=(0.9, 0.99), eps=1e-15, fused=on_cuda, capturable=on_cuda)
     return torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+
+
+_GRAPH_WARMUP_STEPS = 2     # eager steps of a new shape before its capture (allocate Adam's state, compile kernels)
+_MAX_GRAPHS = 4             # captured shapes kept at once
+
+
+def _input_buffers(n_rays: int, device, *, jitter: bool) -> dict[str, torch.Tensor]:
+    """Fixed buffers for one step's random draws (NerfTrainer._draw_inputs fills them)."""
+    buffers = {"image": torch.empty(n_rays, dtype=torch.long, device=device),
+               "px": torch.empty(n_rays, dtype=torch.long, device=device),
+               "py": torch.empty(n_rays, dtype=torch.long, device=device),
+               "bg": torch.empty(n_rays, 3, device=device)}
+    if jitter:
+        buffers["jitter"] = torch.empty(n_rays, device=device)
+    return buffers
+
+
+@dataclass
+class _CapturedStep:
+    """A training step's CUDA graph, the buffers it reads and the outputs it writes."""
+    inputs: dict[str, torch.Tensor]
+    warm_steps: int = 0
+    graph: Any = None
+    outputs: Any = None
 
 
 class NerfTrainer:
@@ -452,6 +482,10 @@ class NerfTrainer:
         self.batch = memory.AdaptiveSize(config.train.samples_per_batch if ngp else config.train.rays_per_batch,
                                          what="samples per batch" if ngp else "rays per batch", report=report,
                                          device=device)
+        # CUDA graphs of the training step, one per (rays, sample slots), most recent last.
+        self.graphed = (config.model == "ngp" and config.train.cuda_graph and not config.train.mixed_precision
+                        and trains_in_fixed_slots(device))
+        self._graphs: dict[tuple[int, int], _CapturedStep] = {}
         self.training_seconds = 0.0
         self.last_loss = float("nan")
         self.last_psnr = float("nan")
@@ -485,33 +519,37 @@ class NerfTrainer:
                 setattr(self, name, type(getattr(self, name))(fields[name]))
         self.batch.restore(fields.get("batch_lowered"))
 
-    def _batch(self, n_rays: int):
-        views = self.views
-        g = self.generator
-        image = torch.randint(0, len(views), (n_rays,), device=self.device, generator=g)
-        px = torch.randint(0, views.width, (n_rays,), device=self.device, generator=g)
-        py = torch.randint(0, views.height, (n_rays,), device=self.device, generator=g)
-        origins, dirs, _ = pixel_rays(views.c2w[image], views.intrinsics[image], px, py)
-        rgba = views.pixels[image, py, px].float() / 255.0
+    def _draw_inputs(self, n_rays: int, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """A step's random draws: image (R,), px, py (R,) int64, bg (R, 3) and, for the fast model,
+        jitter (R,). They come from the trainer's generator in the order the step has always used
+        (so a CPU run's trajectory does not depend on this split). out: fixed buffers to fill."""
+        views, g, device = self.views, self.generator, self.device
+        if out is None:
+            out = _input_buffers(n_rays, device, jitter=self.config.model == "ngp")
+        torch.randint(0, len(views), (n_rays,), device=device, generator=g, out=out["image"])
+        torch.randint(0, views.width, (n_rays,), device=device, generator=g, out=out["px"])
+        torch.randint(0, views.height, (n_rays,), device=device, generator=g, out=out["py"])
         background = self.config.train.background
         if background == "random":
-            bg = torch.rand(n_rays, 3, device=self.device, generator=g)
+            out["bg"].uniform_(0.0, 1.0, generator=g)
         else:
-            bg = torch.tensor(BACKGROUNDS[background], device=self.device).expand(n_rays, 3)
-        target = rgba[:, :3] * rgba[:, 3:] + bg * (1.0 - rgba[:, 3:])
-        return origins, dirs, target, bg
+            out["bg"].copy_(torch.tensor(BACKGROUNDS[background], device=device).expand(n_rays, 3))
+        if "jitter" in out:
+            out["jitter"].uniform_(0.0, 1.0, generator=g)
+        return out
 
-    def train_step(self) -> None:
-        config = self.config
-        model = self.model
-        model.train()
-        model.update_grid(self.step, generator=self.generator)
-        for group in self.optimizer.param_groups:
-            group["lr"] = _learning_rate(config.train, self.step, self.training_seconds)
-        origins, dirs, target, bg = self._batch(self.rays)
+    def _step(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, Any]:
+        """Forward, loss, backward and Adam on drawn inputs, with no host sync (so it can be
+        captured). Returns (loss, samples, trained rays) as device tensors (or ints)."""
+        config, model, views = self.config, self.model, self.views
+        image, px, py, bg = inputs["image"], inputs["px"], inputs["py"], inputs["bg"]
+        origins, dirs, _ = pixel_rays(views.c2w[image], views.intrinsics[image], px, py)
+        rgba = views.pixels[image, py, px].float() / 255.0
+        target = rgba[:, :3] * rgba[:, 3:] + bg * (1.0 - rgba[:, 3:])
         autocast = config.train.mixed_precision and torch.device(self.device).type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out = model.render(origins, dirs, training=True, generator=self.generator, capacity=self.batch.size)
+            out = model.render(origins, dirs, training=True, generator=self.generator, capacity=self.batch.size,
+                               jitter=inputs.get("jitter"))
         out["rgb"] = out["rgb"].float()
         prediction = composite_background(out["rgb"], out["opacity"], bg)
         if "ray_valid" in out:
@@ -522,21 +560,67 @@ class NerfTrainer:
         else:
             loss = torch.mean((prediction - target) ** 2)
             trained_rays = len(origins)
-        self._pending_samples = self._pending_samples + out["n_samples"]
-        self._pending_rays = self._pending_rays + trained_rays
         if "coarse_rgb" in out:
             loss = loss + torch.mean((composite_background(out["coarse_rgb"], out["coarse_opacity"], bg) - target) ** 2)
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:    # no samples at all (the plain marcher, an empty grid): nothing to learn
             loss.backward()
             self.optimizer.step()
+        return loss.detach(), out["n_samples"], trained_rays
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.model.update_grid(self.step, generator=self.generator)
+        rate = _learning_rate(self.config.train, self.step, self.training_seconds)
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+        if self.graphed:
+            loss, n_samples, trained_rays = self._graphed_step()
+        else:
+            loss, n_samples, trained_rays = self._step(self._draw_inputs(self.rays))
+        self._pending_samples = self._pending_samples + n_samples
+        self._pending_rays = self._pending_rays + trained_rays
         self.step += 1
-        self._loss_tensor = loss.detach()
+        self._loss_tensor = loss
+
+    def _graphed_step(self):
+        """The step replayed from a CUDA graph of its shape (rays, slots): one launch instead of a
+        few hundred, which matters because the host's launches, not the GPU, bound the eager step.
+        A new shape runs a few eager warm-up steps on a side stream, then is captured."""
+        key = (self.rays, self.batch.size)
+        captured = self._graphs.pop(key, None)
+        if captured is None:
+            captured = _CapturedStep(_input_buffers(self.rays, self.device, jitter=True))
+            while len(self._graphs) >= _MAX_GRAPHS:      # each graph holds its own activation memory
+                self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = captured                      # most recently used last
+        self._draw_inputs(self.rays, out=captured.inputs)
+        if captured.graph is not None:
+            captured.graph.replay()
+            return captured.outputs
+        if captured.warm_steps < _GRAPH_WARMUP_STEPS:
+            captured.warm_steps += 1
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                outputs = self._step(captured.inputs)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            return outputs
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured.outputs = self._step(captured.inputs)
+        captured.graph = graph
+        graph.replay()        # capture only records the step: run it
+        return captured.outputs
 
     def _lower_batch(self, exc: BaseException) -> None:
         """After a GPU out-of-memory in a step: drop its gradients, halve the batch (the rays with
         it), and let the caller run the step again."""
         self.optimizer.zero_grad(set_to_none=True)
+        self._graphs.clear()    # captured at the old size
         self._pending_samples = self._pending_rays = 0
         self.batch.lower(exc, step=self.step + 1)
         if self.config.model == "ngp":    # the next sync fits the rays to the slots again (_settle_counts)
@@ -556,6 +640,10 @@ class NerfTrainer:
             # and a ray that does not fit is dropped.
             headroom = 0.97 if trains_in_fixed_slots(self.device) else 1.0
             wanted = int(headroom * self.batch.size * rays / max(samples, 1))
+            if trains_in_fixed_slots(self.device):
+                # Rounded down to 1/32 of its power of two (3-6 %), so the rays per step settle on
+                # a few values and each value's captured graph is replayed, not captured again.
+                wanted -= wanted % max(256, 1 << max(0, wanted.bit_length() - 6))
             self.rays = int(min(max(wanted, 256), self.config.train.max_rays))
 
     def train_for(self, *, until_step: int, until_seconds: float | None = None,
