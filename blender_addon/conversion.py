@@ -413,8 +413,8 @@ def run_conversion(context, obj, settings: ConversionSettings | None = None, tim
 
 
 def forget(job: ConversionJob) -> None:
-    """Drop a job nobody will finish() (its modal operator was ended by Blender): it no longer
-    blocks new conversions. Its backend was asked to cancel and ends by itself."""
+    """Drop a job nobody will finish() (its modal operator was ended by Blender): the panel no
+    longer shows it. Its backend was asked to cancel (a queued one never starts) and ends by itself."""
     if job in _ACTIVE:
         _ACTIVE.remove(job)
 
