@@ -5,7 +5,7 @@ A trainer or a chunked inference loop holds its batch or chunk size in an ``Adap
 (the exception's traceback, which holds the failed step's frames, is cleared), the CUDA cache is
 emptied, the size is halved and a ``warning`` goes to the user ("GPU out of memory at step N:
 batch lowered from A to B; training continues"); the caller then retries the step (or the
-chunked call) at the new size. Below ``floor`` (1/64 of the configured size, but at least a few
+chunked call) at the new size. Below ``floor`` (1/1024 of the configured size, but at least a few
 hundred) it gives up with an OutOfMemoryError whose text job.py turns into its clear message.
 
 The step count and the learning-rate schedule do not change; only the size of each step does.
@@ -30,7 +30,7 @@ OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", None)
 
 INJECT_ENV = "INR_INJECT_OOM"
 MIN_FLOOR = 256            # never lower a batch or chunk below this many items
-FLOOR_FRACTION = 64        # ... nor below 1/64 of its configured size
+FLOOR_FRACTION = 1024      # ... nor below 1/1024 of its configured size (ten halvings)
 
 
 def default_floor(size: int) -> int:

@@ -620,7 +620,10 @@ class NerfTrainer:
         """After a GPU out-of-memory in a step: drop its gradients, halve the batch (the rays with
         it), and let the caller run the step again."""
         self.optimizer.zero_grad(set_to_none=True)
-        self._graphs.clear()    # captured at the old size
+        # Graphs are captured at the old size, and each keeps a memory pool of its own, which a GPU
+        # that just ran out cannot spare: from now on the steps run eagerly.
+        self._graphs.clear()
+        self.graphed = False
         self._pending_samples = self._pending_rays = 0
         self.batch.lower(exc, step=self.step + 1)
         if self.config.model == "ngp":    # the next sync fits the rays to the slots again (_settle_counts)

@@ -278,6 +278,9 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
                 raise
             # Drop the step (a captured graph and the buffers have the old size), halve, retry it.
             run_step = step
+            # From now on the steps run eagerly: a captured graph keeps a memory pool of its own,
+            # which a GPU that just ran out cannot spare (its capture would run out again).
+            graphed = False
             buffers.clear()
             optimizer.zero_grad(set_to_none=True)
             batch.lower(exc, step=step_number)
