@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ._backend import coverage, datasets, protocol
-from .jobs import slugify
+from .jobs import DiskFullError, is_disk_full, slugify
 
 DATASET_INPUT = f"{protocol.INPUTS_DIR}/dataset"
 PREVIEW_OUTPUT = f"{protocol.OUTPUTS_DIR}/preview.png"
@@ -191,8 +191,10 @@ def create_train_job(jobs_root: str | os.PathLike, dataset_dir: str | os.PathLik
                                 source=source)
         protocol.write_job(temporary, job)
         os.rename(temporary, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(temporary, ignore_errors=True)
+        if is_disk_full(exc):   # the same "free some space" advice as a mesh conversion's job folder
+            raise DiskFullError(exc, temporary, leftover=temporary.exists()) from exc
         raise
     return final
 

@@ -88,6 +88,31 @@ def test_train_job_with_a_missing_image_leaves_nothing(tmp_path):
     assert list((tmp_path / "jobs").iterdir()) == []
 
 
+def test_train_job_on_a_full_disk_says_so_and_leaves_nothing(tmp_path):
+    """A file-size limit below the dataset's largest file (what a full disk does to a copy: the
+    write fails with EFBIG, as ENOSPC would): the clear "disk is full" error, no partial folder."""
+    import subprocess
+    import sys
+    import textwrap
+    capture = make_capture(tmp_path / "capture")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 4), dtype=np.uint8)).save(
+        capture / "images" / "0005.png")      # ~37 KB of noise, above the 16 KB limit
+    script = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from blender_addon import nerf_jobs
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+        try:
+            nerf_jobs.create_train_job({str(tmp_path / "jobs")!r}, {str(capture)!r}, nerf_jobs.NerfSettings().config())
+        except nerf_jobs.DiskFullError as exc:
+            print("DISK FULL:", exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "DISK FULL: the disk is full or a file is too large" in done.stdout, (done.stdout, done.stderr)
+    assert "free some space on that disk" in done.stdout
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
 def test_check_dataset_reports_coverage(tmp_path):
     capture = make_capture(tmp_path / "capture", count=12)
     report = nerf_jobs.check_dataset(capture)
