@@ -48,6 +48,7 @@ from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, META_FILE, WEIGHTS_FILE, T
 from ..image_metrics import psnr, ssim  # noqa: F401  (callers use image.psnr / image.ssim too)
 from ..fields.networks import NETWORKS, Field, FieldConfig, field_config_for, field_config_from_dict
 from ..protocol import ProtocolError, read_json
+from .sdf import _CUDA_GRAPH_WARMUP_STEPS, _capture_step   # the same warm-up and capture as the SDF step
 
 CHECKPOINT_SUBDIR = "field"          # checkpoints/field/model.safetensors + model.json
 MAX_OUTPUT_PIXELS = 2 ** 28          # 16384 x 16384: beyond this an output needs > 1 GB per channel
@@ -406,23 +407,6 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
     if on_cuda:
         torch.cuda.synchronize(device)
     return {"steps": step_number, "loss": float(loss.detach()), "seconds": training_time, "batch_size": batch.size}
-
-
-_CUDA_GRAPH_WARMUP_STEPS = 3
-
-
-def _capture_step(step):
-    """Record ``step`` as a CUDA graph; returns a function that replays it and gives its loss."""
-    torch.cuda.empty_cache()    # the warm-up's cached blocks can then serve the graph's pool (tight memory)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = step()
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return static_loss
-
-    return replay
 
 
 # --------------------------------------------------------------------------- sampling and metrics
