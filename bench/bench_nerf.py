@@ -5,7 +5,9 @@
 
 Trains on transforms_train.json and evaluates on transforms_val.json: PSNR is the mean over
 the val images of per-image PSNR, composited on white. Training stops at each checkpoint time
-(training time only, device synchronised), is evaluated, and continues. Then: rays/s and
+(training time only, device synchronised), is evaluated, and continues; with --budget-runs each
+checkpoint time is instead its own run with that budget, so its learning rate anneals by then
+(as `fit-nerf --seconds N` does). Then: rays/s and
 samples/s of training, the time to render one 800x800 view (the val camera with doubled
 intrinsics), a coloured mesh at 512^3, and the reference model's PSNR after the same time.
 Default data: ../shared/data/lego.
@@ -134,6 +136,9 @@ def main() -> int:
     parser.add_argument("--profile-train", action="store_true", help="print a profile of 20 training steps")
     parser.add_argument("--max-steps", type=int, default=10 ** 6, help="stop at this step (A/B runs at equal steps)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-runs", action="store_true",
+                        help="train a separate run for each checkpoint time, with that time as its budget "
+                             "(default: one run of the last time, evaluated at each checkpoint on the way)")
     parser.add_argument("--final-lr-fraction", type=float, default=None, help="override the LR decay's end point")
     parser.add_argument("--json", default=None)
     parser.add_argument("--out", default="/tmp/bench_nerf")
@@ -148,10 +153,22 @@ def main() -> int:
     box = {"scene_box": [[-args.scene_box] * 3, [args.scene_box] * 3]} if args.scene_box else {}
     result.update(scene_box=args.scene_box, mixed_precision=args.mixed_precision)
     print(f"NeRF on {dataset.name} ({result['device']}, preset {args.preset})", flush=True)
-    model, held, normalization, rows, speed = train_with_checkpoints(
-        dataset, {"preset": args.preset, "device": args.device, "max_steps": args.max_steps, "seed": args.seed, "seconds": args.checkpoints[-1],
-                  "mixed_precision": args.mixed_precision, **box},
-        args.checkpoints, device, args.max_eval_views, args.final_lr_fraction)
+    user = {"preset": args.preset, "device": args.device, "max_steps": args.max_steps, "seed": args.seed,
+            "mixed_precision": args.mixed_precision, **box}
+    if args.budget_runs:
+        # One run per budget: what `fit-nerf --seconds N` gives, the learning rate annealed by N.
+        rows = []
+        for seconds in args.checkpoints:
+            model = None   # free the last run's model before the next one
+            model, held, normalization, run_rows, speed = train_with_checkpoints(
+                dataset, {**user, "seconds": seconds}, [seconds], device, args.max_eval_views,
+                args.final_lr_fraction)
+            rows += run_rows
+    else:
+        model, held, normalization, rows, speed = train_with_checkpoints(
+            dataset, {**user, "seconds": args.checkpoints[-1]}, args.checkpoints, device, args.max_eval_views,
+            args.final_lr_fraction)
+    result["budget_runs"] = args.budget_runs
     result["ngp"] = {"checkpoints": rows, **{k: round(v, 1) for k, v in speed.items()}}
     if args.profile_render:
         from torch.profiler import ProfilerActivity, profile

@@ -319,6 +319,29 @@ def test_the_depth_of_a_thin_dense_slab_is_its_distance():
 # --------------------------------------------------------------------------- occupancy grid
 
 
+def test_learning_rate_holds_then_decays_exponentially_by_the_step_or_time_budget():
+    from inr_backend.tasks.nerf import NerfTrainConfig, _learning_rate, resolve_config
+
+    held = NerfTrainConfig(max_steps=1000, learning_rate=1e-2, final_lr_fraction=0.04, lr_hold_fraction=0.5)
+    # Full rate through the first half (by steps), then exp decay: halfway through the decay
+    # the rate is sqrt(final fraction) of the start, and the final fraction at the end.
+    assert [_learning_rate(held, step) for step in (0, 250, 500)] == [1e-2] * 3
+    assert math.isclose(_learning_rate(held, 750), 1e-2 * 0.2, rel_tol=1e-12)
+    assert math.isclose(_learning_rate(held, 1000), 1e-2 * 0.04, rel_tol=1e-12)
+    assert math.isclose(_learning_rate(held, 5000), 1e-2 * 0.04, rel_tol=1e-12)
+    assert _learning_rate(held, 501) < 1e-2 and math.isclose(_learning_rate(held, 501), 1e-2, rel_tol=1e-2)
+    # A time budget: the larger of the step and time fractions drives the same curve.
+    held.seconds = 60.0
+    assert _learning_rate(held, 10, seconds=29.0) == 1e-2
+    assert math.isclose(_learning_rate(held, 10, seconds=45.0), 1e-2 * 0.2, rel_tol=1e-12)
+    # No hold: the plain decay from the first step (the fast preset's CPU runs are unchanged).
+    plain = NerfTrainConfig(max_steps=1000, learning_rate=1e-2, final_lr_fraction=0.04)
+    assert math.isclose(_learning_rate(plain, 500), 1e-2 * 0.2, rel_tol=1e-12)
+    assert resolve_config({"preset": "fast"}).train.lr_hold_fraction == 0.0
+    assert resolve_config({"preset": "balanced"}).train.lr_hold_fraction == 0.5
+    assert resolve_config({"preset": "quality"}).train.lr_hold_fraction == 0.5
+
+
 def test_occupancy_grid_update_marks_the_cells_of_a_small_dense_sphere():
     centre, radius = torch.tensor([0.3, -0.2, 0.1]), 0.15
 
