@@ -448,22 +448,41 @@ def build_colored_mesh_object(context, name: str, vertices, faces, colors):
     return obj
 
 
+MIX_NODE_NAME = "As Seen / Relit"
+
+
 def vertex_color_material(name: str):
-    """Principled BSDF whose Base Color reads the vertex colours through a Color Attribute node."""
+    """A material that shows the vertex colours as the field saw them.
+
+    The colours are radiance: the capture's lighting is already in them, so a lit material
+    would light them a second time (darker in shadow, brighter facing a lamp). An Emission
+    shader shows them as they are; a Mix Shader (named ``MIX_NODE_NAME``, factor 1) blends
+    it with a Principled BSDF whose Base Color is the same colours, so factor 0 relights the
+    mesh with the scene's lamps instead.
+    """
     material = bpy.data.materials.new(name)
     material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
-    principled = next((node for node in nodes if node.type == 'BSDF_PRINCIPLED'), None)
-    if principled is None:
-        principled = nodes.new("ShaderNodeBsdfPrincipled")
-        output = next((node for node in nodes if node.type == 'OUTPUT_MATERIAL'), None) or nodes.new(
-            "ShaderNodeOutputMaterial")
-        links.new(principled.outputs["BSDF"], output.inputs["Surface"])
+    principled = next((node for node in nodes if node.type == 'BSDF_PRINCIPLED'), None) or nodes.new(
+        "ShaderNodeBsdfPrincipled")
+    output = next((node for node in nodes if node.type == 'OUTPUT_MATERIAL'), None) or nodes.new(
+        "ShaderNodeOutputMaterial")
     attribute = nodes.new("ShaderNodeVertexColor")
     attribute.layer_name = COLOR_ATTRIBUTE
     attribute.location = (principled.location.x - 300, principled.location.y)
     links.new(attribute.outputs["Color"], principled.inputs["Base Color"])
     principled.inputs["Roughness"].default_value = 0.8
+    emission = nodes.new("ShaderNodeEmission")
+    emission.location = (principled.location.x, principled.location.y + 200)
+    links.new(attribute.outputs["Color"], emission.inputs["Color"])
+    emission.inputs["Strength"].default_value = 1.0
+    mix = nodes.new("ShaderNodeMixShader")
+    mix.name = mix.label = MIX_NODE_NAME
+    mix.location = (output.location.x - 200, output.location.y)
+    mix.inputs[0].default_value = 1.0                  # 1: the Emission (as seen); 0: the Principled BSDF (relit)
+    links.new(principled.outputs["BSDF"], mix.inputs[1])
+    links.new(emission.outputs["Emission"], mix.inputs[2])
+    links.new(mix.outputs["Shader"], output.inputs["Surface"])
     return material
 
 

@@ -163,11 +163,38 @@ def test_extracted_mesh_overlaps_the_source(results):
 def test_mesh_colours_and_material(results):
     mesh = results["mesh"]
     assert mesh["has_colors"] and mesh["color_nodes"] == ["Col"]
-    assert ("ShaderNodeVertexColor", "Color", "ShaderNodeBsdfPrincipled", "Base Color") in \
-        [tuple(link) for link in mesh["material_links"]]
+    links = [tuple(link) for link in mesh["material_links"]]
+    # the colours reach the surface through an Emission (as seen) and a Principled BSDF (relit), mixed
+    assert ("ShaderNodeVertexColor", "Color", "ShaderNodeEmission", "Color") in links
+    assert ("ShaderNodeVertexColor", "Color", "ShaderNodeBsdfPrincipled", "Base Color") in links
+    assert ("ShaderNodeMixShader", "Shader", "ShaderNodeOutputMaterial", "Surface") in links
     red, blue = mesh["mean_color_cube"], mesh["mean_color_ball"]
     assert red is not None and red[0] > red[2] + 0.3, red
     assert blue is not None and blue[2] > blue[0] + 0.2, blue
+
+
+def test_the_extracted_mesh_rendered_by_cycles_has_the_source_colours(results):
+    """Cycles renders the extracted mesh (sources hidden) from the camera not in the capture;
+    compared with Cycles' render of the sources over the pixels both cover (the mesh's shape
+    is the Chamfer test's business; after 240 CPU steps the ball's density is patchy and
+    much of it falls below the threshold from this side).
+
+    Its material shows the colours as the field saw them (emission): lit again by the sun and
+    the sky, as a Principled BSDF alone would (the material's mix at 0), they come out
+    brighter and shaded twice. Measured: as seen 23.3 dB, relit 20.1 dB, over 1482 pixels.
+    """
+    mesh = results["mesh"]
+
+    def rgba(path):
+        return np.asarray(Image.open(path).convert("RGBA"), dtype=np.float64) / 255.0
+
+    reference, seen, relit = rgba(results["cycles_novel"]), rgba(mesh["render_seen"]), rgba(mesh["render_relit"])
+    both = (reference[..., 3] > 0.9) & (seen[..., 3] > 0.9)
+    assert both.sum() > 500, both.sum()                    # most of the cube's ~1100 pixels
+    values = {"seen": psnr(seen[both][:, :3], reference[both][:, :3]),
+              "relit": psnr(relit[both][:, :3], reference[both][:, :3])}
+    print(values, both.sum())
+    assert values["seen"] > 21.0 and values["seen"] > values["relit"] + 1.5, values
 
 
 def test_animation_is_a_three_image_sequence(results):

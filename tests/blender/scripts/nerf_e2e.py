@@ -268,6 +268,23 @@ def main(args):
             "in_scene": mesh_obj.name in scene.objects,
         }
 
+        # the mesh rendered by Cycles from the novel camera, the sources hidden: as its material
+        # shows it (the colours as seen) and relit (the material's mix at 0), for comparison with
+        # Cycles' render of the sources
+        mix = material.node_tree.nodes.get(common.addon_module("nerf").MIX_NODE_NAME) if material else None
+        if mix is not None:
+            for obj in (cube, sphere):
+                obj.hide_render = True
+            scene.cycles.samples = args.get("mesh_render_samples", 32)
+            for kind, factor in (("seen", 1.0), ("relit", 0.0)):
+                mix.inputs[0].default_value = factor
+                scene.render.filepath = str(work / f"mesh_{kind}.png")
+                bpy.ops.render.render(write_still=True)
+                out["mesh"][f"render_{kind}"] = scene.render.filepath
+            mix.inputs[0].default_value = 1.0
+            for obj in (cube, sphere):
+                obj.hide_render = False
+
     # ---- an animation of 3 frames
     scene.frame_start, scene.frame_end = 1, 3
     for frame, angle in ((1, 0.0), (3, 0.6)):
