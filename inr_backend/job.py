@@ -269,11 +269,12 @@ class JobContext:
         return (self._snapshot is not None and self.checkpoint_seconds > 0
                 and now - self._last_checkpoint >= self.checkpoint_seconds)
 
-    def write_checkpoint(self, *, disk_full_fails: bool = True) -> Path | None:
+    def write_checkpoint(self, *, disk_full_fails: bool = True, stopping: bool = False) -> Path | None:
         """Write the tracked trainer's state now (atomically); a failure is a warning, not the end,
         except a full disk (with ``disk_full_fails``): the job then fails at once with a clear
         message, its earlier checkpoint intact, instead of training on towards outputs it cannot
-        write. A resume continues from that checkpoint once there is room."""
+        write. A resume continues from that checkpoint once there is room. ``stopping``: the job
+        ends after this write (a cancel), which the warning then says instead of "training goes on"."""
         if self._snapshot is None:
             return None
         from .checkpoint import save_training_state
@@ -288,8 +289,14 @@ class JobContext:
         except OSError as exc:
             if disk_full_fails and protocol.is_disk_full(exc):
                 raise
-            self.reporter.send("warning", message=f"could not write a checkpoint ({exc}); training goes on, "
-                                                  "but a resume would start from an older one. Free disk space?")
+            if stopping:
+                earlier = (f"a resume starts from the checkpoint of step {self.checkpoint_step}"
+                           if self.checkpoint_step is not None else "there is no earlier checkpoint to resume from")
+                self.reporter.send("warning", message=f"could not write a checkpoint ({exc}); the job stops here "
+                                                      f"and {earlier}. Free disk space?")
+            else:
+                self.reporter.send("warning", message=f"could not write a checkpoint ({exc}); training goes on, "
+                                                      "but a resume would start from an older one. Free disk space?")
             self._last_checkpoint = time.monotonic()
             return None
         self.checkpoint_step = state.step
@@ -485,7 +492,8 @@ def _run_job(job_dir: Path, stream: TextIO, stdin: TextIO | None, *, install_sig
         result["status"] = "done"
     except Cancelled as exc:
         if ctx is not None:
-            ctx.write_checkpoint(disk_full_fails=False)   # the last completed step, so `run --resume` loses nothing
+            # the last completed step, so `run --resume` loses nothing
+            ctx.write_checkpoint(disk_full_fails=False, stopping=True)
         result["status"] = "cancelled"
         result["message"] = str(exc)
         log.info("cancelled: %s", exc)

@@ -201,3 +201,33 @@ def test_events_log_and_result_unwritable_still_end_with_error_and_done_on_stdou
     else:
         assert protocol.read_result(job_dir)["status"] == "failed"
     assert temporary_leftovers(job_dir) == []
+
+
+def test_a_cancel_whose_checkpoint_has_no_room_says_the_job_stops(tmp_path):
+    """Cancelled before any checkpoint, with no room for one: the job ends `cancelled` (not a
+    failure: the person asked it to stop), and the warning says it stops with nothing to
+    resume from, not that training goes on."""
+    job_dir = sphere_job(tmp_path / "job", {**CONFIG, "max_steps": 100_000, "checkpoint_seconds": 0})
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+    process = subprocess.Popen([sys.executable, "-m", "inr_backend", "run", str(job_dir)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    messages = []
+    for line in process.stdout:
+        messages.append(protocol.parse_message(line))
+        if messages[-1]["type"] == "progress" and messages[-1]["total"] and messages[-1]["step"] > 0:
+            break
+    process.stdin.write("cancel\n")
+    process.stdin.flush()
+    messages += [protocol.parse_message(line) for line in process.stdout.read().splitlines()]
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert messages[-1]["type"] == "done" and messages[-1]["status"] == "cancelled", messages[-3:]
+    warnings = [m["message"] for m in messages if m["type"] == "warning" and "checkpoint" in m["message"]]
+    assert len(warnings) == 1, warnings
+    assert "the job stops here and there is no earlier checkpoint to resume from" in warnings[0], warnings
+    assert "training goes on" not in warnings[0]
+    assert temporary_leftovers(job_dir) == []
