@@ -370,13 +370,22 @@ class NerfModel(torch.nn.Module):
                              generator=generator)
 
 
+# Samples one inference block may hold on a CPU (rays per chunk x marching block steps). A CPU has
+# no out-of-memory error to halve on (the system kills the process instead), and a block of a
+# GPU-sized chunk, 2^20 rays x 128 steps, needs tens of GB where the grid is occupied.
+CPU_RENDER_BLOCK_SAMPLES = 2 ** 19
+
+
 def render_chunk(model: NerfModel, report=None) -> memory.AdaptiveSize:
     """The model's rays per render chunk, halved on a GPU out-of-memory and kept lowered for the
-    views after (``report(message, size)``: where a lowering is told, set by the first caller)."""
+    views after (``report(message, size)``: where a lowering is told, set by the first caller).
+    On a CPU, at most CPU_RENDER_BLOCK_SAMPLES samples per marching block."""
     chunk = getattr(model, "_render_chunk", None)
     if chunk is None:
-        chunk = model._render_chunk = memory.AdaptiveSize(model.config.render.chunk_rays, what="render chunk",
-                                                          unit="rays", training=False)
+        rays = model.config.render.chunk_rays
+        if model.grid.density.device.type == "cpu" and model.config.model == "ngp":
+            rays = min(rays, max(CPU_RENDER_BLOCK_SAMPLES // model.config.render.block_steps, 256))
+        chunk = model._render_chunk = memory.AdaptiveSize(rays, what="render chunk", unit="rays", training=False)
     if report is not None:
         chunk.report = report
     return chunk
