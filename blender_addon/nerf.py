@@ -295,7 +295,10 @@ class TrainTask(BackendTask):
         super().handle(context, message)
         self.progress.handle(message)
         self.status_text = self.progress.status_text
-        if message["type"] == "preview" and self.progress.preview_serial != self._shown_preview:
+        # The panel has one preview: it shows the lead training's (as its progress shows the lead job),
+        # not whichever of several trainings sent the latest.
+        if (message["type"] == "preview" and self.progress.preview_serial != self._shown_preview
+                and previewed_training() is self):
             self._shown_preview = self.progress.preview_serial
             show_preview(context, self.progress)
         if (bpy.app.background and message["type"] == "progress" and self.status_text != self._last_text
@@ -506,6 +509,12 @@ def dataset_folder(context, override: str = "") -> str:
 
 def tasks_in_flight() -> list["BackendTask"]:
     return [task for task in _ACTIVE if not task.finished]
+
+
+def previewed_training() -> "TrainTask | None":
+    """The training whose previews the panel shows: the oldest one running (not queued)."""
+    return next((task for task in tasks_in_flight() if isinstance(task, TrainTask) and not task.runner.is_queued),
+                None)
 
 
 def start_training(context, dataset_override: str = "") -> tuple[TrainTask, list[str]]:
