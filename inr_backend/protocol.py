@@ -28,6 +28,7 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -213,11 +214,26 @@ def name_failed_file(exc: BaseException, path: str | os.PathLike) -> None:
         exc.filename = str(path)
 
 
+# The atomic writers' temporary names: ".<final name>.<random or pid>.tmp" (a file, or a
+# checkpoint's state folder), renamed to the final name once whole.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def final_name(path: str) -> str:
+    """``path`` with each temporary component (``.mesh.ply.k3j2x9.tmp``) put back to the name it
+    was being written for (``mesh.ply``): what a person can find on disk and recognise."""
+    parts = Path(path).parts
+    return str(Path(*[(_TEMPORARY_NAME.match(part).group("name") if _TEMPORARY_NAME.match(part) else part)
+                      for part in parts])) if parts else path
+
+
 def disk_full_message(exc: BaseException, folder: str | os.PathLike | None = None) -> str:
     """What to tell a person whose disk filled up while a job (or command) wrote ``folder``."""
     while not (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS) and (exc.__cause__ or exc.__context__):
         exc = exc.__cause__ or exc.__context__
     filename = getattr(exc, "filename", None)
+    if filename:
+        filename = final_name(os.fspath(filename))
     where = folder if folder is not None else (os.path.dirname(filename) if filename else None)
     reason = getattr(exc, "strerror", None) or str(exc)
     what = f" writing {filename}" if filename else ""

@@ -231,3 +231,18 @@ def test_a_cancel_whose_checkpoint_has_no_room_says_the_job_stops(tmp_path):
     assert "the job stops here and there is no earlier checkpoint to resume from" in warnings[0], warnings
     assert "training goes on" not in warnings[0]
     assert temporary_leftovers(job_dir) == []
+
+
+def test_the_disk_full_message_names_the_file_being_written_not_its_temporary_name():
+    import errno
+
+    temporary = "/jobs/lamp/outputs/.mesh-0001.ply.k3j2x9_q.tmp"
+    message = protocol.disk_full_message(OSError(errno.ENOSPC, "No space left on device", temporary))
+    assert message.startswith(f"{DISK_FULL} (No space left on device writing /jobs/lamp/outputs/mesh-0001.ply)")
+    assert "in /jobs/lamp/outputs." in message and ".tmp" not in message
+    # a checkpoint's state folder, written under a temporary name and renamed when whole
+    state = "/jobs/lamp/checkpoints/states/.state-000120.ab12cd34.tmp/field.safetensors"
+    message = protocol.disk_full_message(OSError(errno.EDQUOT, "Disk quota exceeded", state))
+    assert "writing /jobs/lamp/checkpoints/states/state-000120/field.safetensors" in message, message
+    assert protocol.final_name("/jobs/lamp/result.json") == "/jobs/lamp/result.json"
+    assert protocol.final_name("/jobs/lamp/.result.json.4711.tmp") == "/jobs/lamp/result.json"
