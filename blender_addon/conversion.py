@@ -172,6 +172,28 @@ def queued_text(backend: runner.BackendRunner) -> str:
     return "Queued" if ahead is None else f"Queued ({ahead} ahead)"
 
 
+class RunnerStatus:
+    """``status_text`` and ``finished`` of a job driven by ``self.runner`` (a runner.BackendRunner):
+    while the runner waits for a slot the status says so, after ``title`` when one is set
+    ("NeRF training: Queued (2 ahead)")."""
+
+    title = ""
+
+    @property
+    def status_text(self) -> str:
+        if self.runner.is_queued:
+            return f"{self.title}: {queued_text(self.runner)}" if self.title else queued_text(self.runner)
+        return self._status_text
+
+    @status_text.setter
+    def status_text(self, value: str) -> None:
+        self._status_text = value
+
+    @property
+    def finished(self) -> bool:
+        return self.runner.is_finished
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -194,7 +216,7 @@ def export_mesh(context, obj) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- the job
 
 
-class BackendJob:
+class BackendJob(RunnerStatus):
     """One running backend (a conversion, an image fit, a resample): its job folder, its runner,
     and the progress so far. Subclasses add ``finish()``; everything here is bpy-free."""
 
@@ -213,25 +235,10 @@ class BackendJob:
         self.result: dict[str, Any] | None = None
 
     @property
-    def status_text(self) -> str:
-        """What the panel says: "Queued (n ahead)" while the runner waits for a slot."""
-        if self.runner.is_queued:
-            return queued_text(self.runner)
-        return self._status_text
-
-    @status_text.setter
-    def status_text(self, value: str) -> None:
-        self._status_text = value
-
-    @property
     def queued(self) -> bool:
         return self.runner.is_queued
 
     # ------------------------------------------------------------- progress
-
-    @property
-    def finished(self) -> bool:
-        return self.runner.is_finished
 
     @property
     def status(self) -> str | None:

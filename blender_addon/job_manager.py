@@ -397,7 +397,7 @@ class ExtractSettings:
                 "smoothing": int(self.smoothing)}
 
 
-class ManagedTask:
+class ManagedTask(conversion.RunnerStatus):
     """One backend run started from the Jobs panel and what to do when it ends."""
 
     def __init__(self, kind: str, job_dir: Path, backend: runner.BackendRunner,
@@ -412,20 +412,6 @@ class ManagedTask:
         self.warnings: list[str] = []
         self.messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=conversion.MESSAGES_KEPT)
         self.title = "Re-extraction" if kind == "extract" else "Resumed training"
-
-    @property
-    def status_text(self) -> str:
-        if self.runner.is_queued:
-            return f"{self.title}: {conversion.queued_text(self.runner)}"
-        return self._status_text
-
-    @status_text.setter
-    def status_text(self, value: str) -> None:
-        self._status_text = value
-
-    @property
-    def finished(self) -> bool:
-        return self.runner.is_finished
 
     @property
     def fraction(self) -> float:

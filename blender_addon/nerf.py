@@ -29,7 +29,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import nerf_jobs, runner
+from . import conversion, nerf_jobs, runner
 from ._backend import cameras, plyio, protocol
 from .camera_io import camera_model_from_object, camera_to_world
 from .nerf_jobs import NerfInputError, NerfJobError
@@ -112,7 +112,6 @@ def _state(context):
 
 def _backend_settings(context) -> tuple[str, str, Path]:
     """(python, device, jobs root) from the add-on preferences (conversion.py's reading of them)."""
-    from . import conversion
     settings = conversion.settings_from_context(context)
     root = Path(settings.jobs_root) if settings.jobs_root else conversion.default_jobs_root()
     return settings.python or "", settings.device or "auto", root
@@ -187,7 +186,7 @@ def _redraw(context) -> None:
 # --------------------------------------------------------------------------- backend tasks
 
 
-class BackendTask:
+class BackendTask(conversion.RunnerStatus):
     """One backend run started by an operator (train, render, extract) and what to do at its end."""
 
     kind = "task"
@@ -201,22 +200,6 @@ class BackendTask:
         self.warnings: list[str] = []
         self.step = 0
         self.total = 0
-
-    @property
-    def status_text(self) -> str:
-        """What the panel says: "NeRF training: Queued (n ahead)" while the runner waits for a slot."""
-        if self.runner.is_queued:
-            from . import conversion
-            return f"{self.title}: {conversion.queued_text(self.runner)}"
-        return self._status_text
-
-    @status_text.setter
-    def status_text(self, value: str) -> None:
-        self._status_text = value
-
-    @property
-    def finished(self) -> bool:
-        return self.runner.is_finished
 
     @property
     def fraction(self) -> float:
@@ -263,7 +246,6 @@ class BackendTask:
         if self in _ACTIVE:
             _ACTIVE.remove(self)
         if self.kind == "train":
-            from . import conversion
             conversion.note_job("finished", context, self.job_dir)
         status = self.runner.status
         if status == "cancelled":
@@ -546,7 +528,6 @@ def start_training(context, dataset_override: str = "") -> tuple[TrainTask, list
         raise NerfError(str(exc)) from None
     except OSError as exc:
         raise NerfError(f"Cannot write the job folder under {jobs_root}: {exc}") from None
-    from . import conversion
     conversion.apply_job_limit(context)
     backend = runner.BackendRunner(keep_running=conversion.keep_jobs_on_quit(context)).start(python or None, job_dir)
     task = TrainTask(job_dir, backend, nerf_jobs.job_label(job_dir))
@@ -673,7 +654,6 @@ class _BackendOperator:
 
     def _update(self, context, task: BackendTask | None = None) -> None:
         """Show the lead task (the oldest one going), whichever task's operator asks: no flicker."""
-        from . import conversion
         in_flight = tasks_in_flight()
         lead = conversion.lead_job(in_flight)
         state = _state(context)

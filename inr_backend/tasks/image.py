@@ -48,7 +48,7 @@ from ..checkpoint import (DEFAULT_CHECKPOINT_SECONDS, META_FILE, WEIGHTS_FILE, T
 from ..image_metrics import psnr, ssim  # noqa: F401  (callers use image.psnr / image.ssim too)
 from ..fields.networks import NETWORKS, Field, FieldConfig, field_config_for, field_config_from_dict
 from ..protocol import ProtocolError, read_json
-from .sdf import _CUDA_GRAPH_WARMUP_STEPS, _capture_step   # the same warm-up and capture as the SDF step
+from .sdf import GraphedStep   # the same warm-up, capture and fallback as the SDF step
 
 CHECKPOINT_SUBDIR = "field"          # checkpoints/field/model.safetensors + model.json
 MAX_OUTPUT_PIXELS = 2 ** 28          # 16384 x 16384: beyond this an output needs > 1 GB per channel
@@ -327,9 +327,6 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
         optimizer.step()
         return loss
 
-    run_step = step
-    warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
-    side_stream = torch.cuda.Stream(device) if graphed else None
     marks = sorted(time_marks)
     loss = torch.tensor(math.nan)
     training_time, step_number = 0.0, 0
@@ -345,7 +342,7 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
             trainer={"loss": float(loss.detach()), "batch_lowered": batch.record() if batch.lowered else None}))
     allocate(batch.size)
     first_step = step_number + 1
-    warm_from = first_step               # graphs: eager warm-up steps from here (again after a lowering)
+    run_step = GraphedStep(step, enabled=graphed, device=device, first_step=first_step)
     last = time.perf_counter()
     total = config.steps
     while step_number < config.steps:
@@ -366,29 +363,16 @@ def train_image(model: Field, pixels: torch.Tensor, config: ImageTrainConfig, *,
         draw_batch()
         try:
             memory.inject("train_step")
-            if graphed and step_number - warm_from < warmup:
-                side_stream.wait_stream(torch.cuda.current_stream(device))   # capture wants warm-up on a side stream
-                with torch.cuda.stream(side_stream):
-                    loss = step()
-                torch.cuda.current_stream(device).wait_stream(side_stream)
-            elif graphed and run_step is step:
-                run_step = _capture_step(step)
-                loss = run_step()
-            else:
-                loss = run_step()
+            loss = run_step(step_number)
         except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
             if not memory.caused_by_oom(exc):
                 raise
             # Drop the step (a captured graph and the buffer have the old size), halve, retry it.
-            run_step = step
-            # From now on the steps run eagerly: a captured graph keeps a memory pool of its own,
-            # which a GPU that just ran out cannot spare (its capture would run out again).
-            graphed = False
+            run_step.fall_back()   # eager from now on, without the graph
             buffers.clear()
             optimizer.zero_grad(set_to_none=True)
             batch.lower(exc, step=step_number)
             allocate(batch.size)
-            warm_from = step_number
             step_number -= 1
             continue
         if timed and on_cuda:

@@ -37,7 +37,7 @@ from ..geometry.sampling import _near_surface_points
 from ..geometry.winding import FastWindingNumber
 from ..plyio import write_ply
 from ..protocol import make_normalization
-from .sdf import _CUDA_GRAPH_WARMUP_STEPS, _capture_step
+from .sdf import GraphedStep   # the same warm-up, capture and fallback as the SDF step
 
 CHANNEL = "occupancy"
 
@@ -310,11 +310,8 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
                      "batch_lowered": batch.record() if batch.lowered else None}))
 
     buffers["index"] = torch.empty(batch.size, dtype=torch.long, device=device)
-    run_step = step
     first_step = progress["step"] + 1
-    warm_from = first_step               # graphs: eager warm-up steps from here (again after a lowering)
-    warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
-    side_stream = torch.cuda.Stream(device) if graphed else None
+    run_step = GraphedStep(step, enabled=graphed, device=device, first_step=first_step)
     loss = torch.tensor(progress["loss"])
     clock = time.perf_counter()
     step_number = first_step
@@ -332,29 +329,16 @@ def train_occupancy(model: Field, points: torch.Tensor, inside: torch.Tensor, co
         del index
         try:
             memory.inject("train_step")
-            if graphed and step_number - warm_from < warmup:
-                side_stream.wait_stream(torch.cuda.current_stream(device))  # capture needs a side-stream warm-up
-                with torch.cuda.stream(side_stream):
-                    loss = step()
-                torch.cuda.current_stream(device).wait_stream(side_stream)
-            elif graphed and run_step is step:
-                run_step = _capture_step(step)
-                loss = run_step()
-            else:
-                loss = run_step()
+            loss = run_step(step_number)
         except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
             if not memory.caused_by_oom(exc):
                 raise
             # Drop the step (a captured graph and the buffer have the old size), halve, retry it.
-            run_step = step
-            # From now on the steps run eagerly: a captured graph keeps a memory pool of its own,
-            # which a GPU that just ran out cannot spare (its capture would run out again).
-            graphed = False
+            run_step.fall_back()   # eager from now on, without the graph
             buffers.clear()
             optimizer.zero_grad(set_to_none=True)
             batch.lower(exc, step=step_number)
             buffers["index"] = torch.empty(batch.size, dtype=torch.long, device=device)
-            warm_from = step_number
             continue
         progress["seconds"] += time.perf_counter() - clock
         progress["step"] = step_number

@@ -242,11 +242,8 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
                      "batch_lowered": batch.record() if batch.lowered else None}))
 
     allocate(batch.size)
-    run_step = step
     first_step = progress["step"] + 1
-    warm_from = first_step               # graphs: eager warm-up steps from here (again after a lowering)
-    warmup = _CUDA_GRAPH_WARMUP_STEPS if graphed else 0
-    side_stream = torch.cuda.Stream(device) if graphed else None
+    run_step = GraphedStep(step, enabled=graphed, device=device, first_step=first_step)
     loss = torch.tensor(progress["loss"])
     clock = time.perf_counter()
     step_number = first_step
@@ -262,30 +259,16 @@ def train_sdf(model: Field, points: torch.Tensor, sdf: torch.Tensor, config: Sdf
         draw_batch()
         try:
             memory.inject("train_step")
-            if graphed and step_number - warm_from < warmup:
-                # Warm-up steps run eagerly on a side stream, as CUDA graph capture requires.
-                side_stream.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(side_stream):
-                    loss = step()
-                torch.cuda.current_stream(device).wait_stream(side_stream)
-            elif graphed and run_step is step:
-                run_step = _capture_step(step)
-                loss = run_step()
-            else:
-                loss = run_step()
+            loss = run_step(step_number)
         except Exception as exc:   # noqa: BLE001 - only a GPU out-of-memory is handled
             if not memory.caused_by_oom(exc):
                 raise
             # Drop the step (a captured graph and the buffers have the old size), halve, retry it.
-            run_step = step
-            # From now on the steps run eagerly: a captured graph keeps a memory pool of its own,
-            # which a GPU that just ran out cannot spare (its capture would run out again).
-            graphed = False
+            run_step.fall_back()   # eager from now on, without the graph
             buffers.clear()
             optimizer.zero_grad(set_to_none=True)
             batch.lower(exc, step=step_number)
             allocate(batch.size)
-            warm_from = step_number
             continue
         now = time.perf_counter()
         progress["seconds"] += now - clock
@@ -316,6 +299,39 @@ def _capture_step(step):
         return static_loss
 
     return replay  # capture only records: the caller replays it for this step too
+
+
+class GraphedStep:
+    """A training step (a function of no arguments that returns the loss) as the loops run it:
+    on CUDA with ``enabled``, eagerly for _CUDA_GRAPH_WARMUP_STEPS steps from ``first_step`` (on
+    a side stream, as capture requires), then captured as one CUDA graph and replayed; otherwise
+    eagerly. The graph reads the step's buffers at fixed addresses, refilled before each call."""
+
+    def __init__(self, step, *, enabled: bool, device, first_step: int):
+        self.step, self.enabled, self.device, self.first_step = step, enabled, device, first_step
+        self._replay = None
+        self._side_stream = torch.cuda.Stream(device) if enabled else None
+
+    def __call__(self, step_number: int) -> torch.Tensor:
+        if not self.enabled:
+            return self.step()
+        if step_number - self.first_step < _CUDA_GRAPH_WARMUP_STEPS:
+            current = torch.cuda.current_stream(self.device)
+            self._side_stream.wait_stream(current)
+            with torch.cuda.stream(self._side_stream):
+                loss = self.step()
+            current.wait_stream(self._side_stream)
+            return loss
+        if self._replay is None:
+            self._replay = _capture_step(self.step)
+        return self._replay()
+
+    def fall_back(self) -> None:
+        """After a GPU out-of-memory: drop the graph (its buffers have the old size) and run
+        eagerly from now on, since a captured graph keeps a memory pool of its own, which a GPU
+        that just ran out cannot spare (its capture would run out again)."""
+        self.enabled = False
+        self._replay = None
 
 
 def run_sdf_job(ctx) -> dict:
